@@ -1,0 +1,9 @@
+from twisted.application.service import ServiceMaker
+
+pgtls = ServiceMaker(
+    "pgtls",
+    "pgtls.service",
+    "PostgreSQL SSL front door: one port for plaintext and TLS, "
+    "pg_hba.conf admission, relay to an upstream PostgreSQL server.",
+    "pgtls",
+)

@@ -1,0 +1,72 @@
+# Shared by scripts/test and scripts/demo: install what a fresh Debian 12
+# machine lacks (PostgreSQL's server binaries, python3-venv), create .venv
+# and install pgtls into it.  Sourced from the repository root.
+
+say() { printf '%s: %s\n' "${SCRIPT_NAME:-pgtls}" "$*" >&2; }
+
+# The same search as tests/integration/pgserver.py find_bindir().
+have_pg_binaries() {
+    local dir tool candidates=(/usr/lib/postgresql/*/bin)
+    [[ -n ${PGTLS_PG_BINDIR:-} ]] && candidates+=("$PGTLS_PG_BINDIR")
+    command -v pg_ctl >/dev/null && candidates+=("$(dirname "$(command -v pg_ctl)")")
+    for dir in "${candidates[@]}"; do
+        for tool in initdb pg_ctl pg_isready psql; do
+            [[ -x $dir/$tool ]] || continue 2
+        done
+        return 0
+    done
+    return 1
+}
+
+apt_updated=no
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    # Update the package lists only when they are empty or stale (install fails).
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+        apt-get update -q
+        apt_updated=yes
+    fi
+    if ! apt-get install -y -q "$@"; then
+        [[ $apt_updated == yes ]] && return 1
+        apt-get update -q
+        apt_updated=yes
+        apt-get install -y -q "$@"
+    fi
+}
+
+can_install() { [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; }
+
+if ! have_pg_binaries; then
+    if can_install; then
+        say "installing PostgreSQL (Debian's postgresql package)"
+        apt_install postgresql
+    elif command -v apt-get >/dev/null; then
+        say "PostgreSQL server binaries not found: run 'sudo apt-get install postgresql', or run this script as root"
+        exit 1
+    else
+        say "PostgreSQL server binaries (initdb, pg_ctl, pg_isready, psql) not found and this is not Debian:"
+        say "install your distribution's PostgreSQL server package, or set PGTLS_PG_BINDIR to its bin directory"
+        exit 1
+    fi
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    if ! python3 -m venv .venv; then
+        rm -rf .venv
+        if can_install; then
+            say "python3 -m venv does not work: installing python3-venv"
+            apt_install python3-venv
+            python3 -m venv .venv
+        else
+            say "python3 -m venv does not work: install python3-venv (Debian) or your Python's venv module"
+            exit 1
+        fi
+    fi
+fi
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# compat mode puts the checkout on sys.path, where twistd's plugin scan finds
+# twisted/plugins/pgtls_plugin.py (the default editable mode hides it).
+.venv/bin/pip install -q -e "${PGTLS_PIP_TARGET:-.[test]}" --config-settings editable_mode=compat
+# twistd finds the pgtls plugin through twisted/plugins; rebuild its cache.
+.venv/bin/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'

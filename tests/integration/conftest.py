@@ -8,11 +8,13 @@ than skipping them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pgserver import PostgresNotInstalled, PostgresServer, find_bindir
+from pgtlsproc import PgtlsServer, Pki, free_port, make_datadir
 
 _HERE = Path(__file__).resolve().parent
 _SESSION_SERVER = pytest.StashKey[PostgresServer]()
@@ -57,3 +59,46 @@ def _postgres_back_up(request: pytest.FixtureRequest) -> Iterator[None]:
     server = request.session.stash.get(_SESSION_SERVER, None)
     if server is not None and not server.running:
         server.start()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with a server certificate for localhost, 127.0.0.1 and ::1."""
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+class PgtlsLauncher:
+    """Makes data directories and starts ``twistd pgtls`` on them; stops them all."""
+
+    def __init__(self, tmp_path: Path, pki: Pki, postgres: PostgresServer) -> None:
+        self.tmp_path = tmp_path
+        self.pki = pki
+        self.postgres = postgres
+        self.servers: list[PgtlsServer] = []
+
+    def datadir(self, name: str = "pgtls", **options: Any) -> Path:
+        options.setdefault("port", free_port())
+        options.setdefault("upstream", self.postgres.conninfo())
+        return make_datadir(self.tmp_path / name, self.pki, **options)
+
+    def start(
+        self, name: str = "pgtls", *, extra_args: Sequence[str] = (), **options: Any
+    ) -> PgtlsServer:
+        port = options.setdefault("port", free_port())
+        server = PgtlsServer(self.datadir(name, **options), port, extra_args=extra_args)
+        self.servers.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture
+def pgtls(tmp_path: Path, pki: Pki, postgres: PostgresServer) -> Iterator[PgtlsLauncher]:
+    """Start pgtls servers in front of the session's PostgreSQL; stopped after the test."""
+    launcher = PgtlsLauncher(tmp_path, pki, postgres)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()

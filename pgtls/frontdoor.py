@@ -1,0 +1,487 @@
+"""
+The front door: one Twisted Protocol per client connection.
+
+It reads the first packets with the sans-IO reader (pgtls.wire), answers
+SSLRequest with ``S`` or ``N`` and starts TLS, accepts direct TLS, asks
+pg_hba.conf (pgtls.hba) whether the session may pass, and hands admitted
+sessions to the relay (pgtls.relay).  Nothing a client sends reaches the
+upstream before the session is admitted.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pgtls import hba, wire
+from pgtls.conf import Settings
+from pgtls.relay import UpstreamProtocol, send_cancel, set_nodelay, splice, upstream_endpoint
+from pgtls.tlsctx import ServerTLS, TLSInfo, describe_connection
+
+__all__ = ["FrontDoor", "FrontDoorFactory"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+ALPN_POSTGRESQL = b"postgresql"
+
+
+class Phase(enum.Enum):
+    """Where a connection is; each input is legal in some phases only."""
+
+    STARTUP = "startup"  # reading negotiation and startup packets
+    HANDSHAKE = "handshake"  # TLS handshake under way
+    ADMITTING = "admitting"  # pg_hba.conf decision pending (host name lookup)
+    CONNECTING = "connecting"  # upstream connection under way; client paused
+    RELAYING = "relaying"
+    CANCELLING = "cancelling"
+    CLOSED = "closed"
+
+
+def client_address(address: IAddress) -> tuple[IPAddress, int]:
+    """
+    The client's IP address and port; an IPv4-mapped IPv6 address (a client
+    of a dual-stack listener) is reported as the IPv4 address it is.
+    """
+    host = str(getattr(address, "host", "0.0.0.0")).split("%", 1)[0]
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip, int(getattr(address, "port", 0))
+
+
+def encryption_words(info: TLSInfo | None) -> str:
+    """The SSL part of PostgreSQL's ``connection authorized`` log line."""
+    if info is None:
+        return ""
+    return f" SSL enabled (protocol={info.protocol}, cipher={info.cipher}, bits={info.bits})"
+
+
+class FrontDoorFactory(Factory):
+    """
+    Shared state of the listening side: the settings, rules and TLS context
+    in force, the session count, and how to reach the upstream.  A reload
+    replaces ``settings`` and ``rules``; connections read them when they
+    need them, so a new rule applies to every connection not yet admitted.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        rules: hba.Rules,
+        tls: ServerTLS | None,
+        reactor: Any,
+        *,
+        connect_upstream: Callable[[], IStreamClientEndpoint] | None = None,
+        resolve_hostname: Callable[[IPAddress], defer.Deferred[str | None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.tls = tls
+        self.reactor = reactor
+        self.sessions = 0
+        self._connect_upstream = connect_upstream
+        self._resolve_hostname = resolve_hostname
+
+    def upstream_endpoint(self) -> IStreamClientEndpoint:
+        """The endpoint of the upstream server (built anew: it is cheap)."""
+        if self._connect_upstream is not None:
+            return self._connect_upstream()
+        return upstream_endpoint(self.reactor, self.settings.upstream)
+
+    def resolve_hostname(self, address: IPAddress) -> defer.Deferred[str | None]:
+        """The client's verified host name, looked up off the reactor thread."""
+        if self._resolve_hostname is not None:
+            return self._resolve_hostname(address)
+        return threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), hba.resolve_client_hostname, address
+        )
+
+    def buildProtocol(self, addr: IAddress | None) -> FrontDoor:
+        assert addr is not None, "listening ports always give the peer's address"
+        return FrontDoor(self, addr)
+
+
+@implementer(IHandshakeListener)
+class FrontDoor(Protocol):
+    """One client connection, from its first byte to the end of its session."""
+
+    log = Logger()
+    # A TCP transport that startTLS may layer TLS onto.
+    transport: Any
+
+    def __init__(self, factory: FrontDoorFactory, addr: IAddress) -> None:
+        self.door = factory
+        self.address, self.port = client_address(addr)
+        self.phase = Phase.STARTUP
+        self.reader = wire.StartupReader()
+        self.direct_tls = False
+        self.tls_info: TLSInfo | None = None
+        self.startup: wire.StartupMessage | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.bytes_up = 0
+        self.outcome = "closed before startup"
+        self._stranded_plaintext = False
+        self._counted = False
+        self._timer: IDelayedCall | None = None
+        self._connecting: defer.Deferred[Any] | None = None
+        self._started = time.monotonic()
+
+    # -- connection events -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        set_nodelay(self.transport)
+        settings = self.door.settings
+        self._timer = self.door.reactor.callLater(
+            settings.authentication_timeout, self._authentication_timed_out
+        )
+        if settings.log_connections:
+            self.log.info(
+                "connection received: host={host} port={port}",
+                host=str(self.address),
+                port=self.port,
+            )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.phase is Phase.RELAYING:
+            assert self.upstream is not None
+            self.bytes_up += len(data)
+            self.upstream.transport.write(data)
+            return
+        if self.phase in (Phase.ADMITTING, Phase.CONNECTING):
+            # Read before the pause took hold: keep it for the upstream.
+            self.reader.receive_data(data)
+            return
+        if self.phase is not Phase.STARTUP:
+            return
+        self.reader.receive_data(data)
+        self._read_packets()
+
+    def handshakeCompleted(self) -> None:
+        handle = self.transport.getHandle()
+        self.tls_info = describe_connection(handle)
+        if self._stranded_plaintext:
+            self._refuse(wire.UnencryptedDataAfterSSLRequest())
+            return
+        if self.direct_tls and self.tls_info.alpn != ALPN_POSTGRESQL:
+            self.log.info(
+                "received direct SSL connection request without ALPN protocol "
+                "negotiation extension (host={host})",
+                host=str(self.address),
+            )
+            self._close("direct SSL without ALPN")
+            return
+        self.reader.encryption_started()
+        self.phase = Phase.STARTUP
+        self._read_packets()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
+        if self.phase is Phase.HANDSHAKE:
+            self.outcome = "TLS handshake failed"
+            self.log.info(
+                "could not accept SSL connection: {reason} (host={host})",
+                reason=_ssl_reason(reason),
+                host=str(self.address),
+            )
+        self.phase = Phase.CLOSED
+        self._stop_timer()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+        if self._counted:
+            self.door.sessions -= 1
+            self._counted = False
+        self._log_session_end()
+
+    # -- the startup phase -------------------------------------------------
+
+    def _read_packets(self) -> None:
+        while self.phase is Phase.STARTUP:
+            try:
+                event = self.reader.next_event()
+            except wire.ProtocolError as error:
+                self._refuse(error)
+                return
+            if event is wire.NEED_DATA:
+                return
+            self._handle(event)
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, wire.SSLRequest):
+            self._ssl_request()
+        elif isinstance(event, wire.GSSENCRequest):
+            # Built without GSSAPI: PostgreSQL's answer is N and go on.
+            self.transport.write(b"N")
+            if self.reader.buffered:
+                self._refuse(wire.UnencryptedDataAfterGSSENCRequest())
+        elif isinstance(event, wire.DirectTLS):
+            self._direct_tls()
+        elif isinstance(event, wire.CancelRequest):
+            self._cancel(event)
+        elif isinstance(event, wire.StartupMessage):
+            self._admit(event)
+        elif isinstance(event, wire.Closed):
+            self._close("closed before startup")
+
+    def _ssl_request(self) -> None:
+        tls = self.door.tls
+        if tls is None:
+            self.transport.write(b"N")
+            if self.reader.buffered:
+                self._refuse(wire.UnencryptedDataAfterSSLRequest())
+            return
+        self.transport.write(b"S")
+        # Bytes sent before the client could have seen our S were not
+        # protected by TLS: they are dropped, never relayed, and the session
+        # is refused once TLS is up (CVE-2021-23214), as PostgreSQL 15 does.
+        self._stranded_plaintext = bool(self.reader.take_buffered())
+        self._start_tls(tls)
+
+    def _direct_tls(self) -> None:
+        tls = self.door.tls
+        if tls is None:
+            self._close("direct SSL rejected: ssl is off")
+            return
+        hello = self.reader.take_buffered()
+        self.direct_tls = True
+        self._start_tls(tls)
+        # The ClientHello arrived before TLS was layered on: hand it over.
+        self.transport.protocol.dataReceived(hello)
+
+    def _start_tls(self, tls: ServerTLS) -> None:
+        self.phase = Phase.HANDSHAKE
+        self.transport.startTLS(tls)
+
+    def _client_cert_missing(self) -> bool:
+        tls = self.door.tls
+        return (
+            self.tls_info is not None
+            and tls is not None
+            and tls.require_client_cert
+            and self.tls_info.client_cert is None
+        )
+
+    def _cancel(self, event: wire.CancelRequest) -> None:
+        if self._client_cert_missing():
+            self._fatal("28000", "connection requires a valid client certificate")
+            return
+        self.phase = Phase.CANCELLING
+        self.outcome = "cancel request forwarded"
+        self._stop_timer()
+        done = send_cancel(self.door.upstream_endpoint(), event.packet, self.door.reactor)
+        done.addCallback(lambda _: self.transport.loseConnection())
+
+    def _admit(self, startup: wire.StartupMessage) -> None:
+        self.startup = startup
+        if self._client_cert_missing():
+            self._fatal("28000", "connection requires a valid client certificate")
+            return
+        if self.door.sessions >= self.door.settings.max_connections:
+            self._fatal("53300", "sorry, too many clients already")
+            return
+        self.phase = Phase.ADMITTING
+        self.transport.pauseProducing()
+        client = hba.Client(
+            address=self.address,
+            ssl=self.tls_info is not None,
+            database=startup.database,
+            user=startup.user,
+            # replication=database is matched as an ordinary connection.
+            replication=startup.walsender == "physical",
+            cert=self.tls_info.client_cert if self.tls_info else None,
+        )
+        if not self.door.rules.needs_hostname:
+            self._decide(client)
+            return
+        looking_up = self.door.resolve_hostname(self.address)
+        looking_up.addCallback(
+            lambda name: self._decide(
+                hba.Client(
+                    address=client.address,
+                    ssl=client.ssl,
+                    database=client.database,
+                    user=client.user,
+                    replication=client.replication,
+                    cert=client.cert,
+                    hostname=name,
+                )
+            )
+        )
+
+    def _decide(self, client: hba.Client) -> None:
+        if self.phase is not Phase.ADMITTING:
+            return  # the client left or timed out during the look-up
+        decision = self.door.rules.match(client)
+        if isinstance(decision, hba.Refusal):
+            self.log.warn(
+                "refused host={host} user={user} database={database}: {message}{detail}",
+                host=str(self.address),
+                user=client.user,
+                database=client.database,
+                message=decision.message,
+                detail=f" ({decision.log_detail})" if decision.log_detail else "",
+            )
+            self._fatal(decision.sqlstate, decision.message)
+            return
+        # max_connections is checked again: a look-up may have let others in.
+        if self.door.sessions >= self.door.settings.max_connections:
+            self._fatal("53300", "sorry, too many clients already")
+            return
+        self.door.sessions += 1
+        self._counted = True
+        if self.door.settings.log_connections:
+            app = self.startup.application_name if self.startup else None
+            self.log.info(
+                "connection authorized: user={user} database={database}{app}{ssl}",
+                user=client.user,
+                database=client.database,
+                app=f" application_name={app}" if app else "",
+                ssl=encryption_words(self.tls_info),
+            )
+        self.phase = Phase.CONNECTING
+        factory = Factory.forProtocol(lambda: UpstreamProtocol(self))
+        self._connecting = self.door.upstream_endpoint().connect(factory)
+        self._connecting.addErrback(self._upstream_failed)
+
+    # -- the relay phase ---------------------------------------------------
+
+    def upstream_connected(self, upstream: UpstreamProtocol) -> None:
+        """The upstream accepted the connection: send the startup, relay."""
+        self._connecting = None
+        if self.phase is not Phase.CONNECTING or self.startup is None:
+            upstream.transport.loseConnection()
+            return
+        self._stop_timer()
+        self.upstream = upstream
+        self.phase = Phase.RELAYING
+        self.outcome = "relayed"
+        first = self.startup.packet + self.reader.take_buffered()
+        self.bytes_up += len(first)
+        upstream.transport.write(first)
+        splice(self.transport, upstream.transport)
+        self.transport.resumeProducing()
+
+    def upstream_lost(self, reason: Failure) -> None:
+        """The upstream closed: so does the client, once its data is sent."""
+        if self.phase is Phase.RELAYING:
+            self.phase = Phase.CLOSED
+            self.transport.loseConnection()
+
+    def _upstream_failed(self, reason: Failure) -> None:
+        self._connecting = None
+        if self.phase is not Phase.CONNECTING:
+            return  # cancelled because the client went away
+        self.log.warn(
+            "could not connect to the upstream server for host={host}: {reason}",
+            host=str(self.address),
+            reason=reason.getErrorMessage(),
+        )
+        # 57P03 tells libpq not to retry the same server without SSL; the
+        # upstream's address stays in the server log, never in the answer.
+        self._fatal(
+            "57P03",
+            "the database system is not accepting connections",
+            detail="pgtls could not connect to the upstream server.",
+        )
+
+    # -- endings -----------------------------------------------------------
+
+    def _authentication_timed_out(self) -> None:
+        # PostgreSQL closes silently and logs nothing when the startup phase
+        # outlives authentication_timeout.
+        self._timer = None
+        self.outcome = "authentication timeout"
+        self.phase = Phase.CLOSED
+        self.transport.abortConnection()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _refuse(self, error: wire.ProtocolError) -> None:
+        if error.log:
+            self.log.warn("{message} (host={host})", message=error.message, host=str(self.address))
+        self.outcome = error.message
+        data = error.response()
+        if data:
+            self.transport.write(data)
+        self._close(error.message)
+
+    def _fatal(self, sqlstate: str, message: str, *, detail: str | None = None) -> None:
+        self.outcome = message
+        self.transport.write(wire.error_response(sqlstate, message, detail=detail))
+        self._close(message)
+
+    def _close(self, outcome: str) -> None:
+        if self.phase is not Phase.CLOSED:
+            self.outcome = self.outcome if self.outcome != "closed before startup" else outcome
+        self.phase = Phase.CLOSED
+        self.transport.loseConnection()
+
+    def _log_session_end(self) -> None:
+        elapsed = time.monotonic() - self._started
+        startup = self.startup
+        if self.door.settings.log_disconnections and self.upstream is not None and startup:
+            self.log.info(
+                "disconnection: session time: {elapsed} user={user} database={database} "
+                "host={host} port={port}",
+                elapsed=_session_time(elapsed),
+                user=startup.user,
+                database=startup.database,
+                host=str(self.address),
+                port=self.port,
+            )
+        self.log.debug(
+            "session host={host} user={user} database={database} ssl={ssl} "
+            "outcome={outcome} bytes_up={bytes_up} bytes_down={bytes_down} "
+            "duration={duration:.3f}",
+            host=str(self.address),
+            user=startup.user if startup else None,
+            database=startup.database if startup else None,
+            ssl=self.tls_info.protocol if self.tls_info else None,
+            outcome=self.outcome,
+            bytes_up=self.bytes_up,
+            bytes_down=self.upstream.bytes_down if self.upstream else 0,
+            duration=elapsed,
+        )
+
+
+def _session_time(seconds: float) -> str:
+    """PostgreSQL's ``H:MM:SS.mmm`` session time."""
+    millis = int(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours}:{minutes:02d}:{secs:02d}.{millis:03d}"
+
+
+def _ssl_reason(reason: Failure) -> str:
+    """OpenSSL's reason text, as PostgreSQL logs it; EOF when the client left."""
+    from OpenSSL import SSL
+
+    value = reason.value
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        for entry in value.args[0]:
+            if len(entry) >= 3 and entry[2]:
+                return str(entry[2])
+    if reason.check(SSL.Error):
+        return str(value)
+    return "EOF detected"

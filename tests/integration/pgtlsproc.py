@@ -1,0 +1,166 @@
+"""
+A real ``twistd -n pgtls`` process for integration tests, and the data
+directories it serves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgtls import certs
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pki:
+    """A CA, a server certificate for localhost/127.0.0.1, client certificates."""
+
+    root: Path
+    ca: certs.Issued = field(default_factory=lambda: certs.make_ca("pgtls test CA"))
+    other_ca: certs.Issued = field(default_factory=lambda: certs.make_ca("another CA"))
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.server = certs.issue_server_cert(self.ca, ["localhost", "127.0.0.1", "::1"])
+        self.ca_file = self.root / "ca.crt"
+        certs.write_pem(str(self.ca_file), self.ca.cert)
+
+    def client(self, user: str, *, ca: certs.Issued | None = None) -> tuple[str, str]:
+        """Write a client certificate for ``user``; return (cert path, key path)."""
+        issued = certs.issue_client_cert(ca or self.ca, user, organization="Test")
+        base = self.root / f"{user}-{id(issued)}"
+        certs.write_pem(f"{base}.crt", issued.cert)
+        certs.write_key(f"{base}.key", issued.key)
+        return f"{base}.crt", f"{base}.key"
+
+
+def make_datadir(
+    path: Path,
+    pki: Pki,
+    upstream: str,
+    *,
+    port: int,
+    ssl: bool = True,
+    client_ca: bool = False,
+    hba_lines: Iterable[str] = ("host all all 127.0.0.1/32 trust", "host all all ::1/128 trust"),
+    settings: Sequence[str] = (),
+) -> Path:
+    """A pgtls data directory serving 127.0.0.1:``port`` in front of ``upstream``."""
+    path.mkdir(parents=True, exist_ok=True)
+    certs.write_pem(str(path / "server.crt"), pki.server.cert)
+    certs.write_key(str(path / "server.key"), pki.server.key)
+    if client_ca:
+        certs.write_pem(str(path / "root.crt"), pki.ca.cert)
+    lines = [
+        "listen_addresses = '127.0.0.1'",
+        f"port = {port}",
+        f"ssl = {'on' if ssl else 'off'}",
+        f"pgtls.upstream = '{upstream}'",
+        *settings,
+    ]
+    (path / "postgresql.conf").write_text("\n".join(lines) + "\n")
+    (path / "pg_hba.conf").write_text("\n".join(hba_lines) + "\n")
+    (path / "pg_ident.conf").write_text("")
+    return path
+
+
+class PgtlsServer:
+    """``twistd --nodaemon pgtls -D DIR`` as a child process."""
+
+    def __init__(self, datadir: Path, port: int, *, extra_args: Sequence[str] = ()) -> None:
+        self.datadir = datadir
+        self.port = port
+        self.logfile = datadir / "pgtls.log"
+        self.extra_args = list(extra_args)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [
+            TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            f"--logfile={self.logfile}",
+            "pgtls",
+            "-D",
+            str(self.datadir),
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 20.0) -> PgtlsServer:
+        """Start and wait until the port accepts connections."""
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                out = self.process.stdout.read().decode() if self.process.stdout else ""
+                raise RuntimeError(f"pgtls exited with {self.process.returncode}: {out}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"pgtls did not listen within {timeout}s:\n{self.log_text()}")
+
+    def reload(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.process = None
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until ``text`` appears in the log; return the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log_text()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log_text()}")
+
+    def __enter__(self) -> PgtlsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

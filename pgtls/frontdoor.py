@@ -90,6 +90,7 @@ class FrontDoorFactory(Factory):
         *,
         connect_upstream: Callable[[], IStreamClientEndpoint] | None = None,
         resolve_hostname: Callable[[IPAddress], defer.Deferred[str | None]] | None = None,
+        describe_tls: Callable[[Any], TLSInfo] = describe_connection,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -98,6 +99,8 @@ class FrontDoorFactory(Factory):
         self.sessions = 0
         self._connect_upstream = connect_upstream
         self._resolve_hostname = resolve_hostname
+        # Tests with fake transports have no OpenSSL connection to describe.
+        self.describe_tls = describe_tls
 
     def upstream_endpoint(self) -> IStreamClientEndpoint:
         """The endpoint of the upstream server (built anew: it is cheap)."""
@@ -175,7 +178,7 @@ class FrontDoor(Protocol):
 
     def handshakeCompleted(self) -> None:
         handle = self.transport.getHandle()
-        self.tls_info = describe_connection(handle)
+        self.tls_info = self.door.describe_tls(handle)
         if self._stranded_plaintext:
             self._refuse(wire.UnencryptedDataAfterSSLRequest())
             return

@@ -1,6 +1,7 @@
 """
 The ``pgtls`` command: ``pgtls init`` writes a data directory, ``pgtls
-client-cert`` issues client certificates.  The work is done by
+client-cert`` issues client certificates, ``pgtls check`` validates a data
+directory as the server would at start.  The work is done by
 :mod:`pgtls.initdir`; this module parses arguments and prints.
 
 Every expected error prints one line, ``pgtls: reason``, on stderr and
@@ -10,12 +11,14 @@ exits 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import pgtls
 from pgtls import initdir
+from pgtls.loader import StartupError
 
 __all__ = ["main"]
 
@@ -208,6 +211,66 @@ def _add_client_cert(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
 
 
+_CHECK_DESCRIPTION = """\
+Load and validate everything "twistd pgtls -D DIR" would at start: the
+settings (postgresql.conf and -c overrides), server.crt and server.key
+(permissions, passphrase, match), root.crt and root.crl, pg_hba.conf and
+pg_ident.conf.  Print what was found and exit 0, or print the one line that
+would stop the server and exit 1.  It does not listen on any port.
+A passphrase-protected key is asked for on the terminal, or obtained with
+ssl_passphrase_command.
+"""
+
+_CHECK_EPILOG = """\
+examples:
+  pgtls check -D /var/lib/pgtls
+  pgtls check -D /var/lib/pgtls -c port=6432
+"""
+
+
+def _run_check(args: argparse.Namespace) -> str:
+    from pgtls.check import check_report
+    from pgtls.tlsctx import terminal_passphrase
+
+    overrides = dict(item.partition("=")[::2] for item in args.set)
+    return check_report(args.pgdata, overrides, ask_passphrase=terminal_passphrase)
+
+
+def _add_check(commands: argparse._SubParsersAction[_Parser]) -> None:
+    check = _subparser(
+        commands,
+        "check",
+        "check a data directory as the server would at start, without listening",
+        _CHECK_DESCRIPTION,
+        _CHECK_EPILOG,
+        _run_check,
+    )
+    check.add_argument(
+        "-D",
+        "--pgdata",
+        metavar="DIR",
+        default=os.environ.get("PGDATA"),
+        required="PGDATA" not in os.environ,
+        help="the data directory (default: $PGDATA)",
+    )
+    check.add_argument(
+        "-c",
+        dest="set",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        type=_assignment,
+        help="a setting as twistd pgtls -c would give it (repeatable)",
+    )
+
+
+def _assignment(text: str) -> str:
+    name, sep, _ = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    return text
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="pgtls",
@@ -221,6 +284,7 @@ def _parser() -> _Parser:
     )
     _add_init(commands)
     _add_client_cert(commands)
+    _add_check(commands)
     return parser
 
 
@@ -238,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 1
     try:
         text: str = args.run(args)
-    except initdir.InitError as e:
+    except (initdir.InitError, StartupError) as e:
         print(f"pgtls: {e}", file=sys.stderr)
         return 1
     sys.stdout.write(text)

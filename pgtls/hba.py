@@ -1312,6 +1312,10 @@ class Rules:
         )
         self.warnings: tuple[str, ...] = tuple(warnings)
 
+    def __len__(self) -> int:
+        """How many pg_hba.conf lines were loaded (includes expanded)."""
+        return len(self._lines)
+
     def match(self, client: Client) -> Admission | Refusal:
         """
         Decide a connection as PostgreSQL's ClientAuthentication would,

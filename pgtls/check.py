@@ -1,0 +1,72 @@
+"""
+``pgtls check -D DIR``: load and validate everything the server would at
+start, without listening, and say what was found.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+from cryptography import x509
+
+from pgtls import conf
+from pgtls.loader import ServerConfig, load_server_config
+
+__all__ = ["check_report"]
+
+
+def check_report(
+    data_directory: str,
+    overrides: Mapping[str, str] | None = None,
+    *,
+    ask_passphrase: Callable[[str], str] | None = None,
+) -> str:
+    """
+    The report of a successful check.
+
+    @raise pgtls.loader.StartupError: what would stop the server from starting.
+    """
+    config = load_server_config(
+        os.path.abspath(data_directory), overrides, ask_passphrase=ask_passphrase
+    )
+    lines = ["settings:"]
+    lines += [f"  {name} = {value}" for name, value in conf.describe(config.settings)]
+    for notice in config.settings.notices:
+        lines.append(f"  note: {notice}")
+    lines += _tls_lines(config)
+    lines.append(f"pg_hba.conf: {len(config.rules)} rule(s)")
+    lines += [f"  warning: {warning}" for warning in config.rules.warnings]
+    lines.append("pgtls check: OK, the server would start")
+    return "\n".join(lines) + "\n"
+
+
+def _tls_lines(config: ServerConfig) -> list[str]:
+    settings = config.settings
+    if config.tls is None:
+        return ["ssl: off (SSLRequest is answered N; direct SSL is refused)"]
+    with open(settings.ssl_cert_file, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = ", ".join(str(getattr(name, "value", name)) for name in names)
+    except x509.ExtensionNotFound:
+        sans = "(none)"
+    lines = [
+        "ssl: on",
+        f"  certificate: {settings.ssl_cert_file}",
+        f"    subject: {cert.subject.rfc4514_string()}",
+        f"    names: {sans}",
+        f"    valid until: {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+        f"  key: {settings.ssl_key_file} (loaded, matches the certificate)",
+    ]
+    if config.tls.verify_clients:
+        need = "required" if config.tls.require_client_cert else "optional (pg_hba.conf decides)"
+        lines.append(
+            f"  client certificates: requested, verified by {settings.ssl_ca_file}; {need}"
+        )
+        if os.path.exists(settings.ssl_crl_file):
+            lines.append(f"  revocation list: {settings.ssl_crl_file}")
+    else:
+        lines.append("  client certificates: not requested (no root certificate file)")
+    return lines

@@ -80,6 +80,7 @@ class FrontDoorFactory(Factory):
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(
         self,

@@ -67,6 +67,14 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # compat mode puts the checkout on sys.path, where twistd's plugin scan finds
 # twisted/plugins/pgtls_plugin.py (the default editable mode hides it).
-.venv/bin/pip install -q -e "${PGTLS_PIP_TARGET:-.[test]}" --config-settings editable_mode=compat
+pip_log=$(mktemp)
+if ! .venv/bin/pip install -e "${PGTLS_PIP_TARGET:-.[test]}" \
+        --config-settings editable_mode=compat >"$pip_log" 2>&1; then
+    cat "$pip_log" >&2
+    rm -f "$pip_log"
+    say "pip install failed"
+    exit 1
+fi
+rm -f "$pip_log"
 # twistd finds the pgtls plugin through twisted/plugins; rebuild its cache.
 .venv/bin/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'

@@ -30,6 +30,7 @@ __all__ = [
     "changed_settings",
     "describe",
     "load_settings",
+    "reloaded",
     "restart_only_changes",
 ]
 
@@ -879,6 +880,21 @@ def restart_only_changes(old: Settings, new: Settings) -> list[str]:
         for param in _PARAMS
         if param.restart_only and getattr(old, param.attribute) != getattr(new, param.attribute)
     ]
+
+
+def reloaded(old: Settings, new: Settings) -> Settings:
+    """
+    The settings in force after a reload: ``new``'s reloadable values,
+    ``old``'s restart-only ones (with ``old``'s bookkeeping of what was set).
+    """
+    return replace(
+        old,
+        **{
+            param.attribute: getattr(new, param.attribute)
+            for param in _PARAMS
+            if not param.restart_only
+        },
+    )
 
 
 def changed_settings(old: Settings, new: Settings) -> list[tuple[str, str]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -237,12 +236,7 @@ class ReloadService(Service):
             )
         for name, value in conf.changed_settings(old, new):
             self.log.info('parameter "{name}" changed to "{value}"', name=name, value=value)
-        return replace(
-            old,
-            authentication_timeout=new.authentication_timeout,
-            log_connections=new.log_connections,
-            log_disconnections=new.log_disconnections,
-        )
+        return conf.reloaded(old, new)
 
 
 def makeService(options: Options) -> MultiService:

@@ -866,3 +866,14 @@ def test_any_line_gives_settings_or_config_error(
         str(error).encode("utf-8")
     else:
         assert isinstance(loaded, Settings)
+
+
+def test_reloaded_takes_only_reloadable_settings() -> None:
+    """A reload applies the new reloadable values and keeps every restart-only one."""
+    from pgtls.conf import reloaded
+
+    old = Settings("/data")
+    new = Settings("/data", ssl=True, port=7000, log_connections=True, authentication_timeout=5.0)
+    result = reloaded(old, new)
+    assert (result.ssl, result.port) == (False, 5432)
+    assert (result.log_connections, result.authentication_timeout) == (True, 5.0)

@@ -218,6 +218,8 @@ class ReloadService(Service):
                 path=error.path,
             )
         else:
+            for notice in new.notices:
+                self.log.info("{notice}", notice=notice)
             self.factory.settings = self._apply(old, new)
         try:
             rules = load_hba(self.factory.settings, self.factory.tls)
@@ -255,6 +257,9 @@ def makeService(options: Options) -> MultiService:
     top = MultiService()
     ListenService(reactor, factory).setServiceParent(top)
     ReloadService(reactor, factory, dict(options["overrides"])).setServiceParent(top)
+    log = Logger()
+    for notice in config.settings.notices:
+        log.info("{notice}", notice=notice)
     for warning in config.rules.warnings:
-        Logger().warn("{warning}", warning=warning)
+        log.warn("{warning}", warning=warning)
     return top

@@ -413,7 +413,7 @@ class FrontDoor(Protocol):
         self._timer = None
         self.outcome = "authentication timeout"
         self.phase = Phase.CLOSED
-        self.transport.abortConnection()
+        _close_socket(self.transport)
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -475,6 +475,23 @@ def _session_time(seconds: float) -> str:
     minutes, millis = divmod(millis, 60_000)
     secs, millis = divmod(millis, 1000)
     return f"{hours}:{minutes:02d}:{secs:02d}.{millis:03d}"
+
+
+def _close_socket(transport: Any) -> None:
+    """
+    Close the TCP connection under any TLS layer at once, as PostgreSQL's
+    backend does when it exits at authentication_timeout: the client reads
+    a plain EOF.  Not abortConnection(), whose SO_LINGER 0 sends a reset,
+    and not a TLS shutdown, which Twisted turns into an abort mid-handshake
+    and which otherwise waits for the client's close_notify.  Only bytes
+    already written (a few at startup) go out before the FIN.
+
+    :param transport: the connection's transport, with or without TLS.
+    """
+    if getattr(transport, "TLS", False):
+        # startTLS() gave the TLS layer a bypass to the TCP connection.
+        transport = transport.protocol.transport
+    transport.loseConnection()
 
 
 def _ssl_reason(reason: Failure) -> str:

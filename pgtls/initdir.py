@@ -123,6 +123,7 @@ class ClientCertResult:
     key_path: str
     ca_path: str
     root_crt_present: bool
+    port: int | None = None
 
 
 # --------------------------------------------------------------------------
@@ -825,7 +826,17 @@ def issue_client(directory: str, user: str, out: str | None = None) -> ClientCer
         ]
     )
     root_crt = os.path.exists(os.path.join(os.path.dirname(ca_path), "root.crt"))
-    return ClientCertResult(user, cert_path, key_path, ca_path, root_crt)
+    return ClientCertResult(user, cert_path, key_path, ca_path, root_crt, _port_of(directory))
+
+
+def _port_of(directory: str) -> int | None:
+    """The data directory's port, for the example; None when it does not load."""
+    from pgtls.conf import ConfigError, load_settings
+
+    try:
+        return load_settings(directory).port
+    except ConfigError:
+        return None
 
 
 def client_cert_summary(result: ClientCertResult) -> str:
@@ -834,6 +845,7 @@ def client_cert_summary(result: ClientCertResult) -> str:
     example = psql_command(
         [
             ("host", "localhost"),
+            *([("port", str(result.port))] if result.port is not None else []),
             ("user", result.user),
             ("dbname", "postgres"),
             ("sslmode", "verify-full"),

@@ -505,7 +505,10 @@ def _use_private_key(
     another type; PostgreSQL's message is ``check of private key failed``.
     """
     if leaf is not None and leaf.public_key() != key.public_key():
-        raise TLSConfigError("check of private key failed: key values mismatch")
+        raise TLSConfigError(
+            "check of private key failed: key values mismatch",
+            f'private key file "{path}" is not the key of the server certificate',
+        )
     try:
         context.use_privatekey(key)
     except SSL.Error as error:

@@ -511,7 +511,10 @@ def _missing_key(path: Path) -> str:
 
 def _mismatched_key(path: Path) -> str:
     replace_file(path / "server.key", certs.key_pem(certs.make_ca("stranger").key))
-    return "check of private key failed: key values mismatch"
+    return (
+        "check of private key failed: key values mismatch: "
+        f'private key file "{path}/server.key" is not the key of the server certificate'
+    )
 
 
 def _bad_root_crt(path: Path) -> str:

@@ -764,3 +764,12 @@ def test_client_cert_summary_notes_missing_root_crt(tmp_path: Path) -> None:
     _init(tmp_path / "d")
     result = initdir.issue_client(str(tmp_path / "d"), "alice", str(tmp_path / "alice"))
     assert "no root.crt" in initdir.client_cert_summary(result)
+
+
+def test_client_cert_example_uses_the_data_directorys_port(tmp_path: Path) -> None:
+    """The psql example of `pgtls client-cert` connects to the port pgtls serves."""
+    directory = tmp_path / "data"
+    initdir.init_data_directory(str(directory), InitOptions(hostnames=("localhost",), port=6499))
+    result = initdir.issue_client(str(directory), "alice", str(tmp_path / "alice"))
+    assert result.port == 6499
+    assert "host=localhost port=6499 user=alice" in initdir.client_cert_summary(result)

@@ -652,7 +652,10 @@ def test_mismatched_key(datadir: Path, pki: PKI, key_type: str) -> None:
     path.unlink()
     other = certs.issue_server_cert(pki.root, ["localhost"], key_type=key_type)
     certs.write_key(str(path), other.key)
-    assert config_error(settings_for(datadir)) == "check of private key failed: key values mismatch"
+    assert config_error(settings_for(datadir)) == (
+        "check of private key failed: key values mismatch: "
+        f'private key file "{datadir}/server.key" is not the key of the server certificate'
+    )
 
 
 def test_explicit_missing_ca_file(datadir: Path) -> None:

@@ -224,8 +224,11 @@ class ReloadService(Service):
         try:
             rules = load_hba(self.factory.settings, self.factory.tls)
         except hba.HbaError as error:
+            # Both files are swapped together, so neither changes; the log
+            # names the one at fault, as PostgreSQL's does.
+            which = "pg_ident.conf" if "pg_ident" in os.path.basename(error.path) else "pg_hba.conf"
             self.log.warn("{error}", error=str(error))
-            self.log.warn("pg_hba.conf was not reloaded")
+            self.log.warn("{which} was not reloaded", which=which)
         else:
             for warning in rules.warnings:
                 self.log.warn("{warning}", warning=warning)

@@ -45,7 +45,7 @@ class Pki:
     def client(self, user: str, *, ca: certs.Issued | None = None) -> tuple[str, str]:
         """Write a client certificate for ``user``; return (cert path, key path)."""
         issued = certs.issue_client_cert(ca or self.ca, user, organization="Test")
-        base = self.root / f"{user}-{id(issued)}"
+        base = self.root / f"{user}-{issued.cert.serial_number:x}"
         certs.write_pem(f"{base}.crt", issued.cert)
         certs.write_key(f"{base}.key", issued.key)
         return f"{base}.crt", f"{base}.key"

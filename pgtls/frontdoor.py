@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -145,7 +144,7 @@ class FrontDoor(Protocol):
         self._counted = False
         self._timer: IDelayedCall | None = None
         self._connecting: defer.Deferred[Any] | None = None
-        self._started = time.monotonic()
+        self._started = factory.reactor.seconds()
 
     # -- connection events -------------------------------------------------
 
@@ -203,11 +202,16 @@ class FrontDoor(Protocol):
                 reason=_ssl_reason(reason),
                 host=str(self.address),
             )
+        relaying = self.phase is Phase.RELAYING
         self.phase = Phase.CLOSED
         self._stop_timer()
         if self._connecting is not None:
             self._connecting.cancel()
         if self.upstream is not None:
+            if relaying:
+                # A transport with a producer registered waits for it to go
+                # before it closes.
+                self.upstream.transport.unregisterProducer()
             self.upstream.transport.loseConnection()
         if self._counted:
             self.door.sessions -= 1
@@ -352,10 +356,14 @@ class FrontDoor(Protocol):
         self._counted = True
         if self.door.settings.log_connections:
             app = self.startup.application_name if self.startup else None
+            # PostgreSQL's walsenders (replication=true or database) log no database.
+            walsender = self.startup is not None and self.startup.walsender is not None
             self.log.info(
-                "connection authorized: user={user} database={database}{app}{ssl}",
+                "{kind}connection authorized: user={user}{in_database}{app}{ssl}",
+                kind="replication " if walsender else "",
                 user=client.user,
                 database=client.database,
+                in_database="" if walsender else f" database={client.database}",
                 app=f" application_name={app}" if app else "",
                 ssl=encryption_words(self.tls_info),
             )
@@ -385,8 +393,10 @@ class FrontDoor(Protocol):
     def upstream_lost(self, reason: Failure) -> None:
         """The upstream closed: so does the client, once its data is sent."""
         if self.phase is Phase.RELAYING:
-            self.phase = Phase.CLOSED
-            self.transport.loseConnection()
+            # A TLS transport would wait for its producer, the upstream,
+            # before its close_notify, and so never close.
+            self.transport.unregisterProducer()
+            self._close("relayed")
 
     def _upstream_failed(self, reason: Failure) -> None:
         self._connecting = None
@@ -439,9 +449,12 @@ class FrontDoor(Protocol):
             self.outcome = self.outcome if self.outcome != "closed before startup" else outcome
         self.phase = Phase.CLOSED
         self.transport.loseConnection()
+        # PostgreSQL's backend exits: close_notify, then FIN at once; the
+        # TLS layer alone would wait for the client's close_notify.
+        _close_socket(self.transport)
 
     def _log_session_end(self) -> None:
-        elapsed = time.monotonic() - self._started
+        elapsed = self.door.reactor.seconds() - self._started
         startup = self.startup
         if self.door.settings.log_disconnections and self.upstream is not None and startup:
             self.log.info(

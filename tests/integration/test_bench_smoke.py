@@ -1,0 +1,53 @@
+"""
+The benchmark's smoke mode: bench/run.py works end to end.
+
+It measures nothing worth reading (seconds, not minutes, on a busy machine);
+it proves that every target starts and every workload runs and reports.  No
+timing is asserted.  PgBouncer is required, as for the benchmark itself:
+CI installs Debian's pgbouncer package.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TARGETS = ("native", "pgbouncer", "pgtls")
+WORKLOADS = ("w1_c16", "w1_c1", "w2_connect", "w3_copy", "w4_idle")
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    """
+    ``bench/run.py --smoke`` exits 0, prints the table, and writes JSON with
+    a positive median for every workload and target and a positive ratio to
+    native PostgreSQL for each.
+    """
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--json", str(out)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(out.read_text())
+    assert document["config"]["targets"] == list(TARGETS)
+    assert document["failures"] == []
+    assert sorted(document["workloads"]) == sorted(WORKLOADS)
+    assert len(document["rounds"]) == 1
+    for workload in WORKLOADS:
+        assert document["workloads"][workload]["label"] in result.stdout
+        for target in TARGETS:
+            stats = document["summary"][workload][target]
+            assert stats["rounds"] == 1, (workload, target)
+            assert stats["median"] > 0, (workload, target, stats)
+            assert stats["ratio"]["median"] > 0, (workload, target, stats)
+            assert document["rounds"][0]["results"][target][workload] == stats["median"]
+    for target in TARGETS:
+        assert document["tls"][target].startswith("protocol: TLS"), document["tls"]

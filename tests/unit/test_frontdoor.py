@@ -1,0 +1,1186 @@
+"""
+Tests for pgtls.frontdoor: the front door Protocol, driven with Twisted's
+fakes.
+
+The client side is a StringTransport that records startTLS; the TLS layer
+is simulated: the test calls ``handshakeCompleted()`` itself and then feeds
+"decrypted" bytes to ``dataReceived``, and ``describe_tls`` returns the
+TLSInfo the test chose.  The upstream is reached through a real
+TCP4ClientEndpoint on a MemoryReactorClock: ``reactor.tcpClients[-1]`` gives
+the factory, which the test connects to a StringTransport (or refuses).
+Settings, rules and the TLS context are loaded from a real data directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from pgtls import certs, wire
+from pgtls.frontdoor import FrontDoor, FrontDoorFactory, Phase, client_address
+from pgtls.hba import ClientCert
+from pgtls.loader import load_server_config
+from pgtls.relay import CANCEL_TIMEOUT
+from pgtls.tlsctx import TLSInfo
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+UPSTREAM_HOST = "10.98.76.54"
+UPSTREAM_PORT = 6543
+TLS13 = TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, b"postgresql", None)
+TRUST_ALL = ("host all all 0.0.0.0/0 trust",)
+MITM_DETAIL = (
+    "This could be either a client-software bug or evidence of an attempted "
+    "man-in-the-middle attack."
+)
+ALICE = wire.startup_message({"user": "alice", "database": "app"})
+
+
+# -- a data directory --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: certs.Issued
+    server: certs.Issued
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    ca = certs.make_ca("frontdoor test CA")
+    return Pki(ca, certs.issue_server_cert(ca, ["localhost"]))
+
+
+def write_datadir(
+    path: Path,
+    pki: Pki,
+    *,
+    ssl: bool,
+    client_ca: bool = False,
+    hba: Sequence[str] = TRUST_ALL,
+    settings: Sequence[str] = (),
+) -> str:
+    """A data directory with the server certificate, a CA if asked, and these rules."""
+    path.mkdir(parents=True, exist_ok=True)
+    certs.write_pem(str(path / "server.crt"), pki.server.cert)
+    certs.write_key(str(path / "server.key"), pki.server.key)
+    if client_ca:
+        certs.write_pem(str(path / "root.crt"), pki.ca.cert)
+    lines = [f"ssl = {'on' if ssl else 'off'}", *settings]
+    (path / "postgresql.conf").write_text("\n".join(lines) + "\n")
+    (path / "pg_hba.conf").write_text("\n".join(hba) + "\n")
+    return str(path)
+
+
+# -- fakes -------------------------------------------------------------------
+
+
+class FakeTLSLayer:
+    """
+    Stands in for the TLS protocol that startTLS puts under the transport;
+    its ``transport`` is the bypass to the TCP connection below TLS.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.transport = StringTransport()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class ClientTransport(StringTransport):
+    """
+    A StringTransport that records startTLS and then looks like a TCP
+    transport with TLS started: ``TLS`` is true and ``protocol`` is the TLS
+    layer.  Its own loseConnection() stands for the TLS close (close_notify).
+    """
+
+    def __init__(self, peer: IPv4Address | IPv6Address) -> None:
+        super().__init__(peerAddress=peer)
+        self.tls_started: list[object] = []
+        self.handle = object()
+        # What the transport delivers to; startTLS puts the TLS layer here.
+        self.protocol: Any = None
+
+    def startTLS(self, context: object) -> None:
+        self.tls_started.append(context)
+        self.protocol = FakeTLSLayer()
+        self.TLS = True
+
+    def getHandle(self) -> object:
+        return self.handle
+
+
+@dataclass
+class Conn:
+    """One client connection to the front door."""
+
+    protocol: FrontDoor
+    transport: ClientTransport
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def handshake(self) -> None:
+        """The TLS layer reports a finished handshake."""
+        self.protocol.handshakeCompleted()
+
+    def answer(self) -> bytes:
+        return self.transport.value()
+
+    def take(self) -> bytes:
+        """What the client got since the last take()."""
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def lost(self, reason: Exception | None = None) -> None:
+        """The connection is gone (the reactor's connectionLost)."""
+        self.protocol.connectionLost(Failure(reason or ConnectionDone()))
+
+    @property
+    def socket_closed(self) -> bool:
+        """The TCP connection is being closed (below TLS, if TLS was started)."""
+        if self.transport.protocol is None:
+            return bool(self.transport.disconnecting)
+        return bool(self.transport.protocol.transport.disconnecting)
+
+    @property
+    def closed(self) -> bool:
+        """The connection is being closed, by TLS or below it."""
+        return bool(self.transport.disconnecting) or self.socket_closed
+
+
+@dataclass
+class Upstream:
+    """The upstream end of one connection the front door opened."""
+
+    protocol: IProtocol
+    transport: StringTransport
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def lost(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+@dataclass
+class Door:
+    """A FrontDoorFactory on a MemoryReactorClock, with its seams recorded."""
+
+    reactor: MemoryReactorClock
+    factory: FrontDoorFactory = field(init=False)
+    tls_info: TLSInfo = TLS13
+    described: list[object] = field(default_factory=list)
+    lookups: list[tuple[IPAddress, defer.Deferred[str | None]]] = field(default_factory=list)
+
+    def connect(self, peer: IPv4Address | IPv6Address = CLIENT) -> Conn:
+        protocol = self.factory.buildProtocol(peer)
+        transport = ClientTransport(peer)
+        protocol.makeConnection(transport)
+        return Conn(protocol, transport)
+
+    def accept_upstream(self) -> Upstream:
+        """Complete the last upstream connection attempt."""
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[-1]
+        address = IPv4Address("TCP", host, port)
+        transport = StringTransport(peerAddress=address)
+        protocol = factory.buildProtocol(address)
+        protocol.makeConnection(transport)
+        return Upstream(protocol, transport)
+
+    def refuse_upstream(self) -> None:
+        """Fail the last upstream connection attempt."""
+        factory = self.reactor.tcpClients[-1][2]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[-1], Failure(ConnectionRefusedError("refused"))
+        )
+
+    def describe_tls(self, handle: object) -> TLSInfo:
+        self.described.append(handle)
+        return self.tls_info
+
+    def resolve(self, address: IPAddress) -> defer.Deferred[str | None]:
+        looking_up: defer.Deferred[str | None] = defer.Deferred()
+        self.lookups.append((address, looking_up))
+        return looking_up
+
+
+def make_door(
+    path: Path,
+    pki: Pki,
+    *,
+    ssl: bool = True,
+    client_ca: bool = False,
+    hba: Sequence[str] = TRUST_ALL,
+    settings: Sequence[str] = (),
+) -> Door:
+    datadir = write_datadir(
+        path / "data", pki, ssl=ssl, client_ca=client_ca, hba=hba, settings=settings
+    )
+    config = load_server_config(datadir)
+    reactor = MemoryReactorClock()
+    door = Door(reactor)
+    door.factory = FrontDoorFactory(
+        config.settings,
+        config.rules,
+        config.tls,
+        reactor,
+        connect_upstream=lambda: TCP4ClientEndpoint(reactor, UPSTREAM_HOST, UPSTREAM_PORT),
+        resolve_hostname=door.resolve,
+        describe_tls=door.describe_tls,
+    )
+    return door
+
+
+@pytest.fixture
+def door(tmp_path: Path, pki: Pki) -> Door:
+    """ssl = on, every IPv4 client trusted, default settings."""
+    return make_door(tmp_path, pki)
+
+
+@pytest.fixture
+def plain_door(tmp_path: Path, pki: Pki) -> Door:
+    """ssl = off, every IPv4 client trusted."""
+    return make_door(tmp_path, pki, ssl=False)
+
+
+def fatal(data: bytes) -> dict[str, str]:
+    """The fields of the one ErrorResponse in ``data``; it must be FATAL."""
+    fields = wire.parse_error_response(data)
+    assert fields["S"] == fields["V"] == "FATAL"
+    return fields
+
+
+def texts(events: Sequence[LogEvent]) -> list[str]:
+    return [formatEvent(event) for event in events]
+
+
+def tls_session(door: Door) -> Conn:
+    """A client past SSLRequest, ``S`` and the handshake."""
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    assert conn.take() == b"S"
+    conn.handshake()
+    return conn
+
+
+def relayed_session(door: Door) -> tuple[Conn, Upstream]:
+    """A TLS client admitted and relayed to a connected upstream."""
+    conn = tls_session(door)
+    conn.send(ALICE)
+    upstream = door.accept_upstream()
+    assert upstream.transport.value() == ALICE
+    upstream.transport.clear()
+    return conn, upstream
+
+
+# -- negotiation -------------------------------------------------------------
+
+
+def test_ssl_request_answers_s_and_starts_tls(door: Door) -> None:
+    """SSLRequest with ssl = on: exactly b"S", then startTLS with the server context."""
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    assert conn.answer() == b"S"
+    assert conn.transport.tls_started == [door.factory.tls]
+    assert conn.protocol.phase is Phase.HANDSHAKE
+    assert not conn.closed
+    assert door.reactor.tcpClients == []
+
+
+def test_startup_inside_tls_is_admitted_after_the_handshake(door: Door) -> None:
+    """After the handshake the TLS handle is described and a StartupMessage inside TLS passes."""
+    conn = tls_session(door)
+    assert door.described == [conn.transport.handle]
+    assert conn.protocol.tls_info == TLS13
+    conn.send(ALICE)
+    upstream = door.accept_upstream()
+    assert upstream.transport.value() == ALICE
+    assert conn.answer() == b""
+
+
+def test_ssl_request_split_byte_by_byte(door: Door) -> None:
+    """An SSLRequest that arrives a byte at a time is answered once, when complete."""
+    conn = door.connect()
+    request = wire.ssl_request()
+    for byte in request[:-1]:
+        conn.send(bytes([byte]))
+        assert conn.answer() == b""
+    conn.send(request[-1:])
+    assert conn.answer() == b"S"
+
+
+def test_ssl_off_answers_n_and_plaintext_startup_works(plain_door: Door) -> None:
+    """SSLRequest with ssl = off: b"N", no TLS, and the plaintext StartupMessage is relayed."""
+    conn = plain_door.connect()
+    conn.send(wire.ssl_request())
+    assert conn.take() == b"N"
+    assert conn.transport.tls_started == []
+    conn.send(ALICE)
+    upstream = plain_door.accept_upstream()
+    assert upstream.transport.value() == ALICE
+    assert conn.protocol.tls_info is None
+
+
+def test_bytes_after_ssl_request_are_refused_once_tls_is_up(door: Door) -> None:
+    """
+    SSLRequest and a StartupMessage in one write (CVE-2021-23214): S, the
+    handshake, then FATAL 08P01 inside TLS and a close, as PostgreSQL 15
+    does; the plaintext bytes never reach the upstream.
+    """
+    conn = door.connect()
+    with capturedLogs() as events:
+        conn.send(wire.ssl_request() + ALICE)
+        assert conn.take() == b"S"
+        assert conn.transport.tls_started == [door.factory.tls]
+        assert not conn.closed
+        conn.handshake()
+    assert fatal(conn.take()) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "08P01",
+        "M": "received unencrypted data after SSL request",
+        "D": MITM_DETAIL,
+    }
+    assert conn.closed
+    conn.send(ALICE)
+    assert door.reactor.tcpClients == []
+    assert conn.answer() == b""
+    assert "received unencrypted data after SSL request (host=192.0.2.7)" in texts(events)
+
+
+def test_bytes_after_ssl_request_with_ssl_off_are_refused(plain_door: Door) -> None:
+    """SSLRequest plus pipelined bytes with ssl = off: N, then the 08P01 FATAL in plaintext."""
+    conn = plain_door.connect()
+    conn.send(wire.ssl_request() + ALICE)
+    answer = conn.answer()
+    assert answer[:1] == b"N"
+    assert fatal(answer[1:])["M"] == "received unencrypted data after SSL request"
+    assert fatal(answer[1:])["C"] == "08P01"
+    assert fatal(answer[1:])["D"] == MITM_DETAIL
+    assert conn.closed
+    assert plain_door.reactor.tcpClients == []
+
+
+def test_gssenc_request_answers_n_and_goes_on(door: Door) -> None:
+    """GSSENCRequest: b"N" (no GSSAPI), then SSLRequest is still answered S."""
+    conn = door.connect()
+    conn.send(wire.gssenc_request())
+    assert conn.take() == b"N"
+    assert not conn.closed
+    conn.send(wire.ssl_request())
+    assert conn.take() == b"S"
+    conn.handshake()
+    conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+
+
+def test_gssenc_request_then_plaintext_startup(door: Door) -> None:
+    """After N to GSSENCRequest a plaintext StartupMessage is admitted."""
+    conn = door.connect()
+    conn.send(wire.gssenc_request())
+    conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+    assert conn.answer() == b"N"
+
+
+def test_bytes_after_gssenc_request_are_refused(door: Door) -> None:
+    """GSSENCRequest plus pipelined bytes: N, then FATAL 08P01 and a close."""
+    conn = door.connect()
+    conn.send(wire.gssenc_request() + ALICE)
+    answer = conn.answer()
+    assert answer[:1] == b"N"
+    assert fatal(answer[1:]) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "08P01",
+        "M": "received unencrypted data after GSSAPI encryption request",
+        "D": MITM_DETAIL,
+    }
+    assert conn.closed
+    assert door.reactor.tcpClients == []
+
+
+def test_second_ssl_request_inside_tls_is_an_unsupported_protocol(door: Door) -> None:
+    """After S and the handshake another SSLRequest is FATAL 0A000 1234.5679, as in PostgreSQL."""
+    conn = tls_session(door)
+    conn.send(wire.ssl_request())
+    assert fatal(conn.answer()) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "0A000",
+        "M": "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0",
+    }
+    assert conn.closed
+
+
+# -- direct TLS --------------------------------------------------------------
+
+HELLO = bytes([wire.TLS_HANDSHAKE_RECORD]) + b"\x03\x01\x00\x05hello"
+
+
+def test_direct_tls_hands_the_hello_to_the_tls_layer(door: Door) -> None:
+    """A first byte 0x16 starts TLS at once; the ClientHello bytes go to the TLS layer, not back."""
+    conn = door.connect()
+    conn.send(HELLO)
+    assert conn.transport.tls_started == [door.factory.tls]
+    assert conn.transport.protocol.received == HELLO
+    assert conn.answer() == b""
+    assert conn.protocol.phase is Phase.HANDSHAKE
+
+
+def test_direct_tls_with_alpn_postgresql_goes_on_to_startup(door: Door) -> None:
+    """Direct TLS with ALPN postgresql: the StartupMessage inside TLS is relayed."""
+    conn = door.connect()
+    conn.send(HELLO)
+    conn.handshake()
+    conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+    assert conn.answer() == b""
+
+
+def test_direct_tls_without_alpn_is_closed_silently(door: Door) -> None:
+    """Direct TLS whose handshake chose no ALPN: closed without a byte, and logged."""
+    door.tls_info = TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, None)
+    conn = door.connect()
+    conn.send(HELLO)
+    with capturedLogs() as events:
+        conn.handshake()
+    assert conn.closed
+    assert conn.answer() == b""
+    assert (
+        "received direct SSL connection request without ALPN protocol negotiation "
+        "extension (host=192.0.2.7)"
+    ) in texts(events)
+    conn.send(ALICE)
+    assert door.reactor.tcpClients == []
+
+
+def test_ssl_request_without_alpn_is_fine(door: Door) -> None:
+    """ALPN is required of direct TLS only: after SSLRequest a handshake without it goes on."""
+    door.tls_info = TLSInfo("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384", 256, None, None)
+    conn = tls_session(door)
+    conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+
+
+def test_direct_tls_with_ssl_off_is_closed_silently(plain_door: Door) -> None:
+    """A ClientHello to a server with ssl = off: no TLS, no answer, closed."""
+    conn = plain_door.connect()
+    conn.send(HELLO)
+    assert conn.transport.tls_started == []
+    assert conn.answer() == b""
+    assert conn.closed
+
+
+# -- bad packets -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "length",
+    [0, 3, 7, wire.MAX_STARTUP_PACKET_LENGTH + 5, 0x7FFFFFFF],
+    ids=["zero", "three", "seven", "10005", "huge"],
+)
+def test_bad_length_closes_silently(door: Door, length: int) -> None:
+    """A length word below 8 or above 10004: closed without a byte, logged as PostgreSQL does."""
+    conn = door.connect()
+    with capturedLogs() as events:
+        conn.send(length.to_bytes(4, "big") + b"\x00\x03\x00\x00")
+    assert conn.answer() == b""
+    assert conn.closed
+    assert "invalid length of startup packet (host=192.0.2.7)" in texts(events)
+
+
+def test_cancel_with_wrong_length_closes_silently(door: Door) -> None:
+    """A CancelRequest code in a packet that is not 16 bytes: silent close."""
+    conn = door.connect()
+    conn.send(b"\x00\x00\x00\x0c" + wire.CANCEL_REQUEST_CODE.to_bytes(4, "big") + b"\x00" * 4)
+    assert conn.answer() == b""
+    assert conn.closed
+    assert door.reactor.tcpClients == []
+
+
+def test_missing_user_is_fatal_28000(door: Door) -> None:
+    """A StartupMessage without user: FATAL 28000 with PostgreSQL's text, then close."""
+    conn = door.connect()
+    conn.send(wire.startup_message({"database": "app"}))
+    assert fatal(conn.answer()) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "28000",
+        "M": "no PostgreSQL user name specified in startup packet",
+    }
+    assert conn.closed
+    assert door.reactor.tcpClients == []
+
+
+def test_unsupported_protocol_is_fatal_0a000(door: Door) -> None:
+    """Protocol 4.0: FATAL 0A000 `unsupported frontend protocol 4.0: server supports 3.0 to 3.0`."""
+    conn = door.connect()
+    conn.send(wire.startup_message({"user": "alice"}, major=4))
+    assert fatal(conn.answer()) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "0A000",
+        "M": "unsupported frontend protocol 4.0: server supports 3.0 to 3.0",
+    }
+    assert conn.closed
+
+
+def test_protocol_2_gets_a_version_2_error(door: Door) -> None:
+    """Protocol 2.0: PostgreSQL 14+'s version-2 error bytes exactly, then close."""
+    conn = door.connect()
+    conn.send(wire.startup_message({"user": "alice"}, major=2))
+    assert conn.answer() == (
+        b"EFATAL:  unsupported frontend protocol 2.0: server supports 3.0 to 3.0\n\x00"
+    )
+    assert conn.closed
+
+
+def test_bad_layout_is_fatal_08p01(door: Door) -> None:
+    """A StartupMessage without its final terminator: FATAL 08P01 invalid startup packet layout."""
+    conn = door.connect()
+    body = b"user\x00alice\x00"  # no final NUL
+    conn.send((len(body) + 8).to_bytes(4, "big") + wire.PROTOCOL_3_0.to_bytes(4, "big") + body)
+    fields = fatal(conn.answer())
+    assert fields["C"] == "08P01"
+    assert fields["M"] == "invalid startup packet layout: expected terminator as last byte"
+    assert conn.closed
+
+
+# -- cancel requests ---------------------------------------------------------
+
+CANCEL = wire.cancel_request(4242, -17)
+
+
+def test_cancel_is_forwarded_and_closed_when_the_upstream_closes(plain_door: Door) -> None:
+    """
+    A CancelRequest: its 16 bytes go to the upstream unchanged, nothing goes
+    back to the client, and the client is closed when the upstream closes.
+    """
+    conn = plain_door.connect()
+    conn.send(CANCEL)
+    assert plain_door.reactor.tcpClients[-1][:2] == (UPSTREAM_HOST, UPSTREAM_PORT)
+    upstream = plain_door.accept_upstream()
+    assert upstream.transport.value() == CANCEL
+    assert len(upstream.transport.value()) == 16
+    assert not conn.closed
+    upstream.lost()
+    assert conn.closed
+    assert conn.answer() == b""
+    assert plain_door.reactor.getDelayedCalls() == []
+
+
+def test_cancel_inside_tls_is_forwarded(door: Door) -> None:
+    """A CancelRequest after S and the handshake is forwarded too."""
+    conn = tls_session(door)
+    conn.send(CANCEL)
+    assert door.accept_upstream().transport.value() == CANCEL
+
+
+def test_cancel_gives_up_on_an_unreachable_upstream(plain_door: Door) -> None:
+    """No upstream connection within CANCEL_TIMEOUT: the attempt stops, the client is closed."""
+    conn = plain_door.connect()
+    conn.send(CANCEL)
+    # The startup timer is done with: only the cancel's own bound remains.
+    assert [call.getTime() for call in plain_door.reactor.getDelayedCalls()] == [CANCEL_TIMEOUT]
+    plain_door.reactor.advance(CANCEL_TIMEOUT - 0.001)
+    assert not conn.closed
+    plain_door.reactor.advance(0.001)
+    assert plain_door.reactor.connectors[-1].stoppedConnecting
+    assert conn.closed
+    assert conn.answer() == b""
+
+
+def test_cancel_gives_up_on_a_silent_upstream(plain_door: Door) -> None:
+    """An upstream that takes the cancel and never closes is aborted after CANCEL_TIMEOUT."""
+    conn = plain_door.connect()
+    conn.send(CANCEL)
+    upstream = plain_door.accept_upstream()
+    plain_door.reactor.advance(CANCEL_TIMEOUT)
+    assert upstream.transport.disconnected  # abortConnection
+    assert not conn.closed
+    upstream.lost()  # what the reactor reports after the abort
+    assert conn.closed
+
+
+def test_cancel_with_a_refused_upstream_closes_the_client(plain_door: Door) -> None:
+    """A refused upstream connection ends the cancel at once; the client sees only a close."""
+    conn = plain_door.connect()
+    conn.send(CANCEL)
+    plain_door.refuse_upstream()
+    assert conn.closed
+    assert conn.answer() == b""
+    assert plain_door.reactor.getDelayedCalls() == []
+
+
+# -- admission ---------------------------------------------------------------
+
+
+def test_no_hba_entry_is_fatal_28000(tmp_path: Path, pki: Pki) -> None:
+    """No matching pg_hba.conf line: PostgreSQL's 28000 message, then close, no upstream."""
+    door = make_door(tmp_path, pki, hba=["hostnossl all all 0.0.0.0/0 trust"])
+    conn = tls_session(door)
+    with capturedLogs() as events:
+        conn.send(ALICE)
+    assert fatal(conn.answer()) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "28000",
+        "M": 'no pg_hba.conf entry for host "192.0.2.7", user "alice", database "app", '
+        "SSL encryption",
+    }
+    assert conn.closed
+    assert door.reactor.tcpClients == []
+    assert (
+        'refused host=192.0.2.7 user=alice database=app: no pg_hba.conf entry for host "192.0.2.7",'
+        ' user "alice", database "app", SSL encryption'
+    ) in texts(events)
+
+
+def test_reject_line_is_fatal_and_its_detail_stays_in_the_log(tmp_path: Path, pki: Pki) -> None:
+    """A reject line: 28000 `pg_hba.conf rejects connection ...`; the line is only logged."""
+    door = make_door(tmp_path, pki, ssl=False, hba=["host all bob 0.0.0.0/0 reject", *TRUST_ALL])
+    conn = door.connect()
+    with capturedLogs() as events:
+        conn.send(wire.startup_message({"user": "bob", "database": "app"}))
+    answer = conn.answer()
+    assert fatal(answer) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "28000",
+        "M": 'pg_hba.conf rejects connection for host "192.0.2.7", user "bob", database "app", '
+        "no encryption",
+    }
+    assert b"pg_hba.conf line 1" not in answer
+    (refusal,) = [text for text in texts(events) if text.startswith("refused ")]
+    assert "line 1" in refusal
+
+
+def test_refusal_inside_tls_closes_the_socket_too(tmp_path: Path, pki: Pki) -> None:
+    """
+    A refusal inside TLS: the FATAL, the TLS close, and the TCP close at
+    once.  The TLS close alone waits for the client's close_notify, which
+    the transport, paused while pg_hba.conf decided, would never read.
+    """
+    door = make_door(tmp_path, pki, hba=["hostnossl all all 0.0.0.0/0 trust"])
+    conn = tls_session(door)
+    conn.send(ALICE)
+    assert conn.transport.producerState == "paused"
+    assert fatal(conn.answer())["C"] == "28000"
+    assert conn.transport.disconnecting
+    assert conn.socket_closed
+
+
+def test_admitted_startup_reaches_the_upstream_unchanged_with_what_followed(door: Door) -> None:
+    """
+    The StartupMessage goes to the upstream byte for byte, followed by the
+    bytes that came after it in the same write and while connecting.
+    """
+    startup = wire.startup_message(
+        [("user", "alice"), ("database", "app"), ("options", "-c x=1"), ("user", "alice")]
+    )
+    conn = tls_session(door)
+    conn.send(startup + b"p\x00\x00\x00\x09pass\x00")
+    assert conn.transport.producerState == "paused"
+    conn.send(b"Q\x00\x00\x00\x05")  # arrived before the pause took hold
+    assert door.reactor.tcpClients[-1][:2] == (UPSTREAM_HOST, UPSTREAM_PORT)
+    upstream = door.accept_upstream()
+    assert upstream.transport.value() == startup + b"p\x00\x00\x00\x09pass\x00Q\x00\x00\x00\x05"
+    assert conn.answer() == b""
+
+
+def test_relay_both_ways(door: Door) -> None:
+    """Once relayed, client bytes go to the upstream and upstream bytes to the client, unchanged."""
+    conn, upstream = relayed_session(door)
+    conn.send(b"Q\x00\x00\x00\x0dselect 1\x00")
+    assert upstream.transport.value() == b"Q\x00\x00\x00\x0dselect 1\x00"
+    upstream.send(b"Z\x00\x00\x00\x05I")
+    assert conn.answer() == b"Z\x00\x00\x00\x05I"
+    conn.send(wire.ssl_request())  # no longer special: just bytes
+    assert upstream.transport.value().endswith(wire.ssl_request())
+
+
+def test_flow_control_both_ways(door: Door) -> None:
+    """Each transport is registered, streaming, as the other's producer."""
+    conn, upstream = relayed_session(door)
+    assert conn.transport.producer is upstream.transport
+    assert conn.transport.streaming is True
+    assert upstream.transport.producer is conn.transport
+    assert upstream.transport.streaming is True
+
+
+def test_client_is_paused_while_the_upstream_connects(door: Door) -> None:
+    """From the StartupMessage until the upstream accepts, the client is not read; then it is."""
+    conn = tls_session(door)
+    assert conn.transport.producerState == "producing"
+    conn.send(ALICE)
+    assert conn.transport.producerState == "paused"
+    assert conn.protocol.phase is Phase.CONNECTING
+    door.accept_upstream()
+    assert conn.transport.producerState == "producing"
+    assert conn.protocol.phase is Phase.RELAYING
+
+
+def test_upstream_close_closes_the_client(door: Door) -> None:
+    """
+    When the upstream closes, the client is closed after what it was sent;
+    the upstream is unregistered as its producer first, or a TLS transport
+    would wait for it and never close.
+    """
+    conn, upstream = relayed_session(door)
+    upstream.send(b"E-upstream-error")
+    upstream.lost()
+    assert conn.answer() == b"E-upstream-error"
+    assert conn.transport.producer is None
+    assert conn.transport.disconnecting
+    assert conn.socket_closed
+    conn.send(b"X\x00\x00\x00\x04")
+    assert upstream.transport.value() == b""
+
+
+def test_client_close_closes_the_upstream(door: Door) -> None:
+    """When the client goes, the upstream connection is closed (its producer unregistered)."""
+    conn, upstream = relayed_session(door)
+    conn.lost()
+    assert upstream.transport.disconnecting
+    assert upstream.transport.producer is None
+    assert door.factory.sessions == 0
+    upstream.lost()
+    assert conn.answer() == b""
+
+
+def test_upstream_refusal_is_fatal_57p03_without_its_address(door: Door) -> None:
+    """
+    An upstream that cannot be reached: FATAL 57P03, which names neither
+    the upstream's address nor its port; the reason is logged.
+    """
+    conn = tls_session(door)
+    conn.send(ALICE)
+    with capturedLogs() as events:
+        door.refuse_upstream()
+    answer = conn.answer()
+    assert fatal(answer) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "57P03",
+        "M": "the database system is not accepting connections",
+        "D": "pgtls could not connect to the upstream server.",
+    }
+    assert UPSTREAM_HOST.encode() not in answer
+    assert str(UPSTREAM_PORT).encode() not in answer
+    assert conn.transport.disconnecting
+    assert conn.socket_closed
+    (warning,) = [e for e in events if e["log_level"] is LogLevel.warn]
+    assert formatEvent(warning).startswith(
+        "could not connect to the upstream server for host=192.0.2.7: "
+    )
+    conn.lost()
+    assert door.factory.sessions == 0
+
+
+def test_client_leaving_while_connecting_cancels_the_attempt(door: Door) -> None:
+    """A client leaving while the upstream connects: the attempt is cancelled, its slot freed."""
+    conn = tls_session(door)
+    conn.send(ALICE)
+    assert door.factory.sessions == 1
+    conn.lost()
+    assert door.reactor.connectors[-1].stoppedConnecting
+    assert door.factory.sessions == 0
+    assert door.reactor.getDelayedCalls() == []
+
+
+# -- authentication_timeout --------------------------------------------------
+
+
+def test_authentication_timeout_closes_silently(tmp_path: Path, pki: Pki) -> None:
+    """A client silent for authentication_timeout is closed without a byte or a log line."""
+    door = make_door(tmp_path, pki, settings=["authentication_timeout = 5s"])
+    conn = door.connect()
+    conn.send(b"\x00\x00")
+    door.reactor.advance(4.999)
+    assert not conn.closed
+    with capturedLogs() as events:
+        door.reactor.advance(0.001)
+        conn.lost()
+    assert conn.closed
+    assert not conn.transport.disconnected  # a FIN, as PostgreSQL's exit: no reset
+    assert conn.answer() == b""
+    assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+
+
+def test_authentication_timeout_during_the_handshake(door: Door) -> None:
+    """After S, a handshake that never ends is cut at the timeout, not logged as an SSL error."""
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    door.reactor.advance(60)
+    # The TCP connection under TLS is closed at once: no TLS shutdown mid-handshake.
+    assert conn.socket_closed
+    assert not conn.transport.disconnecting
+    with capturedLogs() as events:
+        conn.lost()
+    assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+
+
+def test_authentication_timeout_does_not_fire_after_admission(door: Door) -> None:
+    """Once relayed, the session outlives authentication_timeout; no timer is left behind."""
+    conn, _upstream = relayed_session(door)
+    assert door.reactor.getDelayedCalls() == []
+    door.reactor.advance(3600)
+    assert not conn.closed
+
+
+def test_closed_connection_leaves_no_timer(door: Door) -> None:
+    """A client that leaves during startup takes its timer with it."""
+    conn = door.connect()
+    assert len(door.reactor.getDelayedCalls()) == 1
+    conn.lost()
+    assert door.reactor.getDelayedCalls() == []
+
+
+# -- limits and certificates ------------------------------------------------
+
+
+def test_max_connections(tmp_path: Path, pki: Pki) -> None:
+    """
+    Past max_connections: FATAL 53300 `sorry, too many clients already`;
+    a session that ends frees its slot, and refused clients never take one.
+    """
+    door = make_door(tmp_path, pki, ssl=False, settings=["max_connections = 1"])
+    first = door.connect()
+    first.send(ALICE)
+    door.accept_upstream()
+    assert door.factory.sessions == 1
+    second = door.connect()
+    second.send(ALICE)
+    assert fatal(second.answer()) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "53300",
+        "M": "sorry, too many clients already",
+    }
+    assert second.closed
+    second.lost()
+    assert door.factory.sessions == 1
+    first.lost()
+    assert door.factory.sessions == 0
+    third = door.connect()
+    third.send(ALICE)
+    assert third.answer() == b""
+    assert door.factory.sessions == 1
+
+
+def test_required_client_cert_missing_is_fatal_28000(tmp_path: Path, pki: Pki) -> None:
+    """root.crt and clientcert required: a TLS client without a certificate gets 28000."""
+    door = make_door(tmp_path, pki, client_ca=True)
+    assert door.factory.tls is not None and door.factory.tls.require_client_cert
+    conn = tls_session(door)
+    conn.send(ALICE)
+    assert fatal(conn.answer()) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "28000",
+        "M": "connection requires a valid client certificate",
+    }
+    assert conn.closed
+    assert door.reactor.tcpClients == []
+
+
+def test_required_client_cert_missing_refuses_a_cancel_too(tmp_path: Path, pki: Pki) -> None:
+    """A CancelRequest inside TLS without the required certificate is not forwarded."""
+    door = make_door(tmp_path, pki, client_ca=True)
+    conn = tls_session(door)
+    conn.send(CANCEL)
+    assert fatal(conn.answer())["M"] == "connection requires a valid client certificate"
+    assert door.reactor.tcpClients == []
+
+
+def test_required_client_cert_present_is_admitted(tmp_path: Path, pki: Pki) -> None:
+    """With a verified client certificate the session passes."""
+    door = make_door(tmp_path, pki, client_ca=True)
+    door.tls_info = TLSInfo(
+        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("alice", "CN=alice")
+    )
+    conn = tls_session(door)
+    conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+
+
+def test_optional_client_cert_missing_is_admitted(tmp_path: Path, pki: Pki) -> None:
+    """pgtls.clientcert = optional: no certificate is fine unless pg_hba.conf asks for one."""
+    door = make_door(tmp_path, pki, client_ca=True, settings=["pgtls.clientcert = optional"])
+    conn = tls_session(door)
+    conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+
+
+# -- logging -----------------------------------------------------------------
+
+
+def test_log_connections_on(tmp_path: Path, pki: Pki) -> None:
+    """log_connections = on: PostgreSQL's `connection received` and `connection authorized`."""
+    door = make_door(tmp_path, pki, settings=["log_connections = on"])
+    with capturedLogs() as events:
+        conn = tls_session(door)
+        conn.send(ALICE)
+    lines = texts(events)
+    assert "connection received: host=192.0.2.7 port=40000" in lines
+    assert (
+        "connection authorized: user=alice database=app "
+        "SSL enabled (protocol=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, bits=256)"
+    ) in lines
+
+
+def test_log_connections_plaintext_with_application_name(tmp_path: Path, pki: Pki) -> None:
+    """Without TLS the authorized line has no SSL part; application_name is shown when sent."""
+    door = make_door(tmp_path, pki, ssl=False, settings=["log_connections = on"])
+    with capturedLogs() as events:
+        conn = door.connect()
+        conn.send(wire.startup_message({"user": "alice", "application_name": "psql"}))
+    assert "connection authorized: user=alice database=alice application_name=psql" in texts(events)
+
+
+@pytest.mark.parametrize("replication", ["true", "database"])
+def test_log_connections_replication(tmp_path: Path, pki: Pki, replication: str) -> None:
+    """A walsender (replication=true or database) is a `replication connection`, no database."""
+    door = make_door(
+        tmp_path,
+        pki,
+        settings=["log_connections = on"],
+        hba=["host replication all 0.0.0.0/0 trust", *TRUST_ALL],
+    )
+    with capturedLogs() as events:
+        conn = tls_session(door)
+        conn.send(
+            wire.startup_message({"user": "rep", "database": "app", "replication": replication})
+        )
+    assert (
+        "replication connection authorized: user=rep "
+        "SSL enabled (protocol=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, bits=256)"
+    ) in texts(events)
+
+
+def test_log_connections_off(door: Door) -> None:
+    """log_connections = off (the default): neither line is logged."""
+    with capturedLogs() as events:
+        conn = tls_session(door)
+        conn.send(ALICE)
+    assert not [text for text in texts(events) if text.startswith("connection ")]
+
+
+def test_log_disconnections_session_time(tmp_path: Path, pki: Pki) -> None:
+    """log_disconnections = on: PostgreSQL's `disconnection: session time: H:MM:SS.mmm` line."""
+    door = make_door(tmp_path, pki, settings=["log_disconnections = on"])
+    conn, _upstream = relayed_session(door)
+    door.reactor.advance(3723.25)
+    with capturedLogs() as events:
+        conn.lost()
+    assert (
+        "disconnection: session time: 1:02:03.250 user=alice database=app host=192.0.2.7 port=40000"
+    ) in texts(events)
+
+
+def test_one_summary_event_per_session(door: Door) -> None:
+    """Each connection ends with one `session` event: who, how it ended, bytes each way."""
+    with capturedLogs() as events:
+        conn, upstream = relayed_session(door)
+        conn.send(b"abc")
+        upstream.send(b"defgh")
+        upstream.lost()
+        conn.lost()
+    (summary,) = [e for e in events if e["log_format"].startswith("session ")]
+    assert summary["outcome"] == "relayed"
+    assert summary["user"] == "alice"
+    assert summary["ssl"] == "TLSv1.3"
+    assert summary["bytes_up"] == len(ALICE) + 3
+    assert summary["bytes_down"] == 5
+
+
+def test_summary_of_a_refused_session_says_why(tmp_path: Path, pki: Pki) -> None:
+    """A refused session's summary outcome is the message the client got."""
+    door = make_door(tmp_path, pki, ssl=False, settings=["max_connections = 1"])
+    door.factory.sessions = 1
+    conn = door.connect()
+    with capturedLogs() as events:
+        conn.send(ALICE)
+        conn.lost()
+    (summary,) = [e for e in events if e["log_format"].startswith("session ")]
+    assert summary["outcome"] == "sorry, too many clients already"
+
+
+def test_handshake_failure_is_logged_with_openssl_reason(door: Door) -> None:
+    """A connection lost mid-handshake logs `could not accept SSL connection: REASON`."""
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    with capturedLogs() as events:
+        conn.lost(SSL.Error([("SSL routines", "", "certificate verify failed")]))
+    assert "could not accept SSL connection: certificate verify failed (host=192.0.2.7)" in texts(
+        events
+    )
+
+
+def test_client_leaving_after_s_is_logged_as_eof(door: Door) -> None:
+    """A client that closes after S without a handshake: `... EOF detected`."""
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    with capturedLogs() as events:
+        conn.lost()
+    assert "could not accept SSL connection: EOF detected (host=192.0.2.7)" in texts(events)
+
+
+# -- host names --------------------------------------------------------------
+
+
+def test_host_name_rules_look_the_client_up(tmp_path: Path, pki: Pki) -> None:
+    """A host-name line makes pgtls look the client's address up, and a match admits it."""
+    door = make_door(tmp_path, pki, ssl=False, hba=["host all all client.example.test trust"])
+    conn = door.connect()
+    conn.send(ALICE)
+    ((address, looking_up),) = door.lookups
+    assert address == ipaddress.ip_address("192.0.2.7")
+    assert door.reactor.tcpClients == []
+    assert conn.transport.producerState == "paused"
+    looking_up.callback("client.example.test")
+    assert door.accept_upstream().transport.value() == ALICE
+
+
+def test_host_name_lookup_failure_refuses(tmp_path: Path, pki: Pki) -> None:
+    """No verified host name: the host-name line does not match, and the client is refused."""
+    door = make_door(tmp_path, pki, ssl=False, hba=["host all all client.example.test trust"])
+    conn = door.connect()
+    conn.send(ALICE)
+    door.lookups[0][1].callback(None)
+    assert fatal(conn.answer())["M"] == (
+        'no pg_hba.conf entry for host "192.0.2.7", user "alice", database "app", no encryption'
+    )
+    assert conn.closed
+
+
+def test_no_lookup_without_host_name_rules(plain_door: Door) -> None:
+    """Rules with addresses only: no host name lookup at all."""
+    conn = plain_door.connect()
+    conn.send(ALICE)
+    assert plain_door.lookups == []
+    assert plain_door.accept_upstream().transport.value() == ALICE
+
+
+def test_client_leaving_during_the_lookup(tmp_path: Path, pki: Pki) -> None:
+    """A client gone before its lookup ends: the answer is ignored, nothing is sent or opened."""
+    door = make_door(tmp_path, pki, ssl=False, hba=["host all all client.example.test trust"])
+    conn = door.connect()
+    conn.send(ALICE)
+    conn.lost()
+    door.lookups[0][1].callback("client.example.test")
+    assert door.reactor.tcpClients == []
+    assert conn.answer() == b""
+    assert door.factory.sessions == 0
+
+
+def test_max_connections_is_checked_again_after_the_lookup(tmp_path: Path, pki: Pki) -> None:
+    """Two clients looked up at once with one slot left: the second to finish gets 53300."""
+    door = make_door(
+        tmp_path,
+        pki,
+        ssl=False,
+        hba=["host all all client.example.test trust"],
+        settings=["max_connections = 1"],
+    )
+    first, second = door.connect(), door.connect()
+    first.send(ALICE)
+    second.send(ALICE)
+    for _address, looking_up in door.lookups:
+        looking_up.callback("client.example.test")
+    assert first.answer() == b""
+    assert fatal(second.answer())["M"] == "sorry, too many clients already"
+    assert door.factory.sessions == 1
+    assert len(door.reactor.tcpClients) == 1
+
+
+def test_ipv4_mapped_client_is_matched_as_ipv4(tmp_path: Path, pki: Pki) -> None:
+    """A dual-stack listener's ::ffff:192.0.2.7 matches IPv4 rules and is logged as 192.0.2.7."""
+    door = make_door(tmp_path, pki, ssl=False, hba=["host all all 192.0.2.0/24 trust"])
+    conn = door.connect(IPv6Address("TCP", "::ffff:192.0.2.7", 40000))
+    conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+    assert str(conn.protocol.address) == "192.0.2.7"
+
+
+def test_client_address_drops_the_scope() -> None:
+    """A link-local client's %scope is not part of the address matched and logged."""
+    assert client_address(IPv6Address("TCP", "fe80::1%eth0", 5)) == (
+        ipaddress.ip_address("fe80::1"),
+        5,
+    )
+
+
+# -- the whole path through iosim --------------------------------------------
+
+
+class RecordingProtocol(Protocol):
+    """Either end of a connection in the iosim test: keeps what it got."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.lost = True
+
+
+def test_plaintext_session_through_iosim(plain_door: Door) -> None:
+    """
+    A plaintext session end to end over iosim pumps: startup and query
+    reach the upstream, its answer reaches the client, its close closes the
+    client.
+    """
+    client = RecordingProtocol()
+    front = plain_door.factory.buildProtocol(CLIENT)
+    client_pump = iosim.connect(
+        front,
+        iosim.FakeTransport(front, isServer=True, peerAddress=CLIENT),
+        client,
+        iosim.FakeTransport(client, isServer=False),
+    )
+    client.transport.write(ALICE + b"Q\x00\x00\x00\x0dselect 1\x00")
+    client_pump.flush()
+    server = RecordingProtocol()
+    wrapper = plain_door.reactor.tcpClients[-1][2].buildProtocol(None)
+    upstream_pump = iosim.connect(
+        server,
+        iosim.FakeTransport(server, isServer=True),
+        wrapper,
+        iosim.FakeTransport(wrapper, isServer=False),
+    )
+    assert server.received == ALICE + b"Q\x00\x00\x00\x0dselect 1\x00"
+    server.transport.write(b"Z\x00\x00\x00\x05I")
+    upstream_pump.flush()
+    client_pump.flush()
+    assert client.received == b"Z\x00\x00\x00\x05I"
+    server.transport.loseConnection()
+    upstream_pump.flush()
+    client_pump.flush()
+    assert client.lost
+    assert plain_door.factory.sessions == 0

@@ -202,6 +202,8 @@ class FrontDoor(Protocol):
                 reason=_ssl_reason(reason),
                 host=str(self.address),
             )
+        elif self.phase is Phase.STARTUP:
+            self._end_of_startup()
         relaying = self.phase is Phase.RELAYING
         self.phase = Phase.CLOSED
         self._stop_timer()
@@ -219,6 +221,18 @@ class FrontDoor(Protocol):
         self._log_session_end()
 
     # -- the startup phase -------------------------------------------------
+
+    def _end_of_startup(self) -> None:
+        """The client left mid-packet: PostgreSQL logs it (or not), sends nothing."""
+        self.reader.receive_data(b"")
+        try:
+            self.reader.next_event()
+        except wire.ProtocolError as error:
+            self.outcome = error.message
+            if error.log:
+                self.log.info(
+                    "{message} (host={host})", message=error.message, host=str(self.address)
+                )
 
     def _read_packets(self) -> None:
         while self.phase is Phase.STARTUP:
@@ -250,7 +264,8 @@ class FrontDoor(Protocol):
 
     def _ssl_request(self) -> None:
         tls = self.door.tls
-        if tls is None:
+        if tls is None or self.tls_info is not None:
+            # Off, or already inside direct TLS: PostgreSQL 17 answers N.
             self.transport.write(b"N")
             if self.reader.buffered:
                 self._refuse(wire.UnencryptedDataAfterSSLRequest())

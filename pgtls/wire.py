@@ -568,7 +568,9 @@ class StartupReader:
     def encryption_started(self) -> None:
         """
         Record that TLS is up, after ``S`` and its handshake or after direct
-        TLS: from now on SSLRequest and GSSENCRequest are not special.
+        TLS.  After ``S``, SSLRequest and GSSENCRequest are no longer special;
+        after direct TLS they are read as events once more, as PostgreSQL 17
+        does (the shell answers them ``N``).
 
         :raises RuntimeError: if the last event was not SSLRequest or
             DirectTLS, or plaintext bytes are still buffered (they were
@@ -578,7 +580,10 @@ class StartupReader:
             raise RuntimeError("encryption_started() must follow SSLRequest or DirectTLS")
         if self._buffer:
             raise RuntimeError("plaintext bytes still buffered; take_buffered() them first")
-        self._ssl_done = self._gss_done = True
+        # PostgreSQL 17 reads the packets after direct TLS with neither
+        # negotiation done (so an SSLRequest is answered N), after S with both.
+        done = not self._awaiting_tls
+        self._ssl_done = self._gss_done = done
         self._awaiting_tls = self._may_encrypt = False
 
     def next_event(self) -> Event | NeedData:

@@ -459,6 +459,17 @@ def test_direct_tls_with_alpn_postgresql_goes_on_to_startup(door: Door) -> None:
     assert conn.answer() == b""
 
 
+def test_ssl_request_inside_direct_tls_is_answered_n(door: Door) -> None:
+    """Inside direct TLS an SSLRequest is answered N, as PostgreSQL 17 does; startup goes on."""
+    conn = door.connect()
+    conn.send(HELLO)
+    conn.handshake()
+    conn.send(wire.ssl_request())
+    assert conn.answer() == b"N"
+    conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+
+
 def test_direct_tls_without_alpn_is_closed_silently(door: Door) -> None:
     """Direct TLS whose handshake chose no ALPN: closed without a byte, and logged."""
     door.tls_info = TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, None)
@@ -509,6 +520,23 @@ def test_bad_length_closes_silently(door: Door, length: int) -> None:
     assert conn.answer() == b""
     assert conn.closed
     assert "invalid length of startup packet (host=192.0.2.7)" in texts(events)
+
+
+def test_partial_packet_then_eof_is_logged_as_incomplete(door: Door) -> None:
+    """A client that leaves inside its startup packet is logged, as PostgreSQL logs it."""
+    conn = door.connect()
+    conn.send(ALICE[:10])
+    with capturedLogs() as events:
+        conn.protocol.connectionLost(Failure(ConnectionDone()))
+    assert "incomplete startup packet (host=192.0.2.7)" in texts(events)
+
+
+def test_empty_connection_is_not_logged(door: Door) -> None:
+    """A client that connects and leaves without a byte is not logged (PostgreSQL 12+)."""
+    conn = door.connect()
+    with capturedLogs() as events:
+        conn.protocol.connectionLost(Failure(ConnectionDone()))
+    assert not any("startup packet" in text for text in texts(events))
 
 
 def test_cancel_with_wrong_length_closes_silently(door: Door) -> None:

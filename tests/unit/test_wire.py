@@ -441,13 +441,18 @@ def test_no_negotiation_after_encryption(request_bytes: bytes, code: tuple[int, 
     assert (info.value.major, info.value.minor) == code
 
 
-def test_no_negotiation_after_direct_tls() -> None:
-    """After direct TLS, an SSLRequest is not special either."""
+def test_negotiation_after_direct_tls() -> None:
+    """
+    After direct TLS, PostgreSQL 17 reads packets with neither negotiation
+    done: one SSLRequest (and one GSSENCRequest) is an event again (the
+    shell answers N), a second one is an unsupported protocol.
+    """
     reader = StartupReader()
     reader.receive_data(CLIENT_HELLO)
     assert reader.next_event() == DirectTLS()
     reader.take_buffered()
     reader.encryption_started()
+    assert feed(reader, [ssl_request(), gssenc_request()]) == [SSLRequest(), GSSENCRequest()]
     reader.receive_data(ssl_request())
     with pytest.raises(UnsupportedProtocol):
         reader.next_event()

@@ -50,6 +50,18 @@ if ! have_pg_binaries; then
     fi
 fi
 
+# The benchmark's smoke test compares with PgBouncer (scripts/test asks for it).
+if [[ -n ${PGTLS_NEED_PGBOUNCER:-} ]] && ! command -v pgbouncer >/dev/null \
+        && [[ ! -x /usr/sbin/pgbouncer ]]; then
+    if can_install; then
+        say "installing PgBouncer (Debian's pgbouncer package, for the benchmark)"
+        apt_install pgbouncer
+    else
+        say "pgbouncer not found: install Debian's pgbouncer package (the benchmark's smoke test needs it)"
+        exit 1
+    fi
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
     if ! python3 -m venv .venv; then
         rm -rf .venv

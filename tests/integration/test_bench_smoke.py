@@ -46,8 +46,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
         for target in TARGETS:
             stats = document["summary"][workload][target]
             assert stats["rounds"] == 1, (workload, target)
-            assert stats["median"] > 0, (workload, target, stats)
-            assert stats["ratio"]["median"] > 0, (workload, target, stats)
+            if workload == "w4_idle":
+                # 20 sessions in a fresh process may fit in memory freed at
+                # start-up: growth can be 0, never negative.
+                assert stats["median"] >= 0, (workload, target, stats)
+            else:
+                assert stats["median"] > 0, (workload, target, stats)
+                assert stats["ratio"]["median"] > 0, (workload, target, stats)
             assert document["rounds"][0]["results"][target][workload] == stats["median"]
     for target in TARGETS:
         assert document["tls"][target].startswith("protocol: TLS"), document["tls"]

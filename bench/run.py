@@ -1,0 +1,383 @@
+"""
+pgtls benchmark: native PostgreSQL SSL, PgBouncer and pgtls compared.
+
+One PostgreSQL 15 cluster with a pgbench database, and in front of it, on
+127.0.0.1: PostgreSQL itself with ``ssl = on``; PgBouncer in session mode
+with TLS required from clients; pgtls.  Both relays reach the cluster over
+its Unix socket, and all three present the same ECDSA P-256 certificate.
+Each round runs every workload against every target in turn (see
+workloads.py); the table gives medians over the rounds, min-max, and each
+target's ratio to native PostgreSQL measured in the same round.
+
+Run from the repository root with the project's virtualenv::
+
+    .venv/bin/python bench/run.py [--rounds N] [--duration S] [--smoke]
+        [--targets native,pgbouncer,pgtls] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import report
+import servers
+import workloads
+from report import WORKLOADS
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ("native", "pgbouncer", "pgtls")
+
+_FULL = {"rounds": 3, "duration": 10.0, "scale": 10, "copy_rows": 1_000_000, "sessions": 1000}
+# Proves the script works, in seconds: CI runs it, nobody reads its numbers.
+_SMOKE = {"rounds": 1, "duration": 2.0, "scale": 1, "copy_rows": 20_000, "sessions": 20}
+
+# Per idle session: the client's socket here, the front end's client and
+# upstream sockets (pgtls, PgBouncer inherit this limit).
+_FDS_PER_SESSION = 2
+_FD_MARGIN = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What one run measures: the command line with the mode's defaults filled in."""
+
+    rounds: int
+    duration: float
+    scale: int
+    copy_rows: int
+    sessions: int
+    targets: tuple[str, ...]
+    smoke: bool
+    json_path: Path
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    """
+    Parse the command line.
+
+    :raises SystemExit: on bad arguments (argparse's usage message).
+    """
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark pgtls against native PostgreSQL SSL and PgBouncer (loopback only).",
+    )
+    parser.add_argument("--rounds", type=int, help="rounds of every workload (default 3)")
+    parser.add_argument(
+        "--duration", type=float, help="seconds per pgbench run (W1, W2; default 10)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few seconds per target: 1 round, 2 s runs, pgbench scale 1, "
+        "20 idle sessions; proves the script works, measures nothing",
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="comma-separated, in the order they run within a round (default %(default)s)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="results file (default bench/results/YYYYmmddTHHMMSSZ.json)",
+    )
+    parser.add_argument("--scale", type=int, help="pgbench scale factor (default 10)")
+    parser.add_argument("--copy-rows", type=int, help="W3's rows of 1000 bytes (default 1000000)")
+    parser.add_argument("--sessions", type=int, help="W4's idle sessions (default 1000)")
+    args = parser.parse_args(argv)
+    targets = tuple(name.strip() for name in args.targets.split(",") if name.strip())
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets or len(set(targets)) != len(targets):
+        parser.error(f"--targets: a list of distinct names among {', '.join(TARGETS)}")
+    defaults = _SMOKE if args.smoke else _FULL
+    values = {name: getattr(args, name) for name in defaults}
+    values = {name: defaults[name] if v is None else v for name, v in values.items()}
+    if min(values.values()) <= 0:
+        parser.error("--rounds, --duration, --scale, --copy-rows and --sessions must be positive")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Config(
+        rounds=int(values["rounds"]),
+        duration=float(values["duration"]),
+        scale=int(values["scale"]),
+        copy_rows=int(values["copy_rows"]),
+        sessions=int(values["sessions"]),
+        targets=targets,
+        smoke=args.smoke,
+        json_path=args.json or REPO / "bench" / "results" / f"{stamp}.json",
+    )
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _raise_fd_limit(sessions: int) -> None:
+    """Raise the soft open-files limit to the hard one; children inherit it."""
+    needed = sessions * _FDS_PER_SESSION + _FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise servers.BenchError(
+            f"open files limit {hard} is below the {needed} that {sessions} idle "
+            "sessions need: raise it (ulimit -n) or lower --sessions"
+        )
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Unwind like Ctrl-C does, so every server is stopped on the way out.
+    raise KeyboardInterrupt
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return "unknown"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+class Bench:
+    """The servers of one run, started on entry to :meth:`run` and stopped on its exit."""
+
+    def __init__(self, config: Config, stack: contextlib.ExitStack, root: Path) -> None:
+        """
+        :param stack: where each started server registers its stop.
+        :param root: a temporary directory for certificates and configuration.
+        """
+        self.config = config
+        self.stack = stack
+        self.root = root
+        self.targets: dict[str, servers.Target] = {}
+        self.versions: dict[str, str] = {}
+        self.tls: dict[str, str] = {}
+        self.rounds: list[dict[str, dict[str, float | None]]] = []
+        self.details: list[dict[str, dict[str, Any]]] = []
+        self.failures: list[str] = []
+        self.started = datetime.datetime.now(datetime.UTC)
+        self.load_before = os.getloadavg()
+
+    # -- set-up -----------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Start the cluster (creating the pgbench database) and the front ends.
+
+        :raises servers.BenchError: when one cannot start.
+        """
+        config = self.config
+        pgbouncer_bin = servers.find_pgbouncer() if "pgbouncer" in config.targets else None
+        pki, cert, key = servers.make_certificate(self.root / "pki")
+        _say(f"starting PostgreSQL and creating a scale-{config.scale} pgbench database")
+        self.postgres = servers.start_postgres(cert, key, config.scale)
+        self.stack.callback(self.postgres.close)
+        bindir = self.postgres.bindir
+        self.versions["postgresql"] = _version([str(bindir / "postgres"), "--version"])
+        self.versions["pgbench"] = _version([str(bindir / "pgbench"), "--version"])
+        self.upstream_root: Callable[[], int] = lambda: servers.postmaster_pid(self.postgres)
+        for name in config.targets:
+            if name == "native":
+                self.targets[name] = servers.Target(name, self.postgres.port, self.upstream_root)
+            elif name == "pgbouncer":
+                assert pgbouncer_bin is not None
+                self._start_pgbouncer(pgbouncer_bin, cert, key)
+            else:
+                self._start_pgtls(pki)
+        for name, target in self.targets.items():
+            self.tls[name] = workloads.tls_description(bindir, target)
+            _say(f"{name} on 127.0.0.1:{target.port}: {self.tls[name]}")
+
+    def _start_pgbouncer(self, executable: str, cert: Path, key: Path) -> None:
+        bouncer = servers.PgBouncer(executable, self.root / "pgbouncer", self.postgres, cert, key)
+        self.stack.callback(bouncer.stop)
+        bouncer.start()
+        self.versions["pgbouncer"] = _version([executable, "--version"])
+        self.targets["pgbouncer"] = servers.Target(
+            "pgbouncer",
+            bouncer.port,
+            lambda: bouncer.pid,
+            fresh=bouncer.restart,
+            release=bouncer.restart,
+        )
+
+    def _start_pgtls(self, pki: servers.Pki) -> None:
+        pgtls = servers.start_pgtls(self.root / "pgtls", pki, self.postgres)
+        self.stack.callback(pgtls.stop)
+        self.versions["pgtls"] = _version(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"]
+        )
+        self.targets["pgtls"] = servers.Target(
+            "pgtls",
+            pgtls.port,
+            lambda: servers.pgtls_pid(pgtls),
+            fresh=lambda: servers.restart_pgtls(pgtls),
+        )
+
+    # -- rounds -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Run every round: each workload against each target in turn."""
+        for number in range(1, self.config.rounds + 1):
+            values: dict[str, dict[str, float | None]] = {t: {} for t in self.targets}
+            details: dict[str, dict[str, Any]] = {t: {} for t in self.targets}
+            self.rounds.append(values)
+            self.details.append(details)
+            for workload in WORKLOADS:
+                for name, target in self.targets.items():
+                    value = self._measure(workload.key, target, details[name])
+                    values[name][workload.key] = value
+                    shown = "FAILED" if value is None else f"{value:.2f} {workload.unit}"
+                    _say(f"round {number}/{self.config.rounds} {workload.key} {name}: {shown}")
+            report.write_json(self.config.json_path, self.document())
+
+    def _measure(self, key: str, target: servers.Target, details: dict[str, Any]) -> float | None:
+        try:
+            return self._workload(key, target, details)
+        except servers.BenchError as e:
+            self.failures.append(f"{key} {target.name}: {e}")
+            _say(f"{key} {target.name} failed: {e}")
+            return None
+
+    def _workload(self, key: str, target: servers.Target, details: dict[str, Any]) -> float:
+        bindir = self.postgres.bindir
+        duration = self.config.duration
+        if key == "w1_c16":
+            return workloads.pgbench_rate(bindir, target, clients=16, jobs=2, duration=duration)
+        if key == "w1_c1":
+            return workloads.pgbench_rate(bindir, target, clients=1, jobs=1, duration=duration)
+        if key == "w2_connect":
+            return workloads.pgbench_rate(
+                bindir,
+                target,
+                clients=workloads.W2_CLIENTS,
+                jobs=workloads.W2_JOBS,
+                duration=duration,
+                connect=True,
+            )
+        if key == "w3_copy":
+            return workloads.copy_rate(bindir, target, self.config.copy_rows)
+        if key == "w4_idle":
+            cost = workloads.idle_cost(target, self.config.sessions, self.upstream_root)
+            details["w4_idle"] = asdict(cost)
+            return cost.frontend_kib
+        raise AssertionError(f"no workload {key}")
+
+    # -- results ----------------------------------------------------------
+
+    def document(self) -> dict[str, Any]:
+        """Everything measured so far, as the JSON file holds it."""
+        config = self.config
+        targets = list(self.targets)
+        return {
+            "format": report.JSON_FORMAT,
+            "started": self.started.isoformat(timespec="seconds"),
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "config": {
+                "rounds": config.rounds,
+                "duration_s": config.duration,
+                "pgbench_scale": config.scale,
+                "copy_rows": config.copy_rows,
+                "idle_sessions": config.sessions,
+                "smoke": config.smoke,
+                "targets": targets,
+            },
+            "host": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "load_before": list(self.load_before),
+                "load_after": list(os.getloadavg()),
+            },
+            "versions": self.versions,
+            "tls": self.tls,
+            "workloads": {
+                w.key: {"label": w.label, "unit": w.unit, "higher_is_better": w.higher_is_better}
+                for w in WORKLOADS
+            },
+            "rounds": [
+                {"round": i + 1, "results": values, "details": details}
+                for i, (values, details) in enumerate(zip(self.rounds, self.details, strict=True))
+            ],
+            "summary": report.summarize(self.rounds, targets),
+            "failures": self.failures,
+        }
+
+    def header(self) -> str:
+        """What was measured, to print above the table."""
+        config = self.config
+        load = ", ".join(f"{x:.2f}" for x in self.load_before)
+        load_now = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        lines = [
+            f"pgtls benchmark{' (smoke: numbers mean nothing)' if config.smoke else ''}: "
+            f"{config.rounds} round(s), {config.duration:g} s pgbench runs, "
+            f"pgbench scale {config.scale}, W3 {config.copy_rows} rows, "
+            f"W4 {config.sessions} idle sessions",
+            f"{os.cpu_count()} CPUs, load average before: {load}; after: {load_now}",
+            *(f"{name}: {version}" for name, version in self.versions.items()),
+            *(f"TLS to {name}: {tls}" for name, tls in self.tls.items()),
+            "W4 = growth of Pss_Anon + Pss_Shmem (/proc/PID/smaps_rollup: Pss without "
+            "file-backed pages), summed over the front end's processes (native: postmaster "
+            "and backends), per idle session",
+        ]
+        return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the benchmark; print the table; write the JSON.
+
+    :returns: 0 when every measurement succeeded, 1 when one failed (the
+        others are still reported), 2 when the set-up failed, 130 on Ctrl-C
+        or SIGTERM.
+    """
+    config = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    begun = time.monotonic()
+    try:
+        _raise_fd_limit(config.sessions)
+        with (
+            tempfile.TemporaryDirectory(prefix="pgtls-bench-") as tmp,
+            contextlib.ExitStack() as stack,
+        ):
+            # PgBouncer runs as the postgres user when we are root: let it in.
+            Path(tmp).chmod(0o755)
+            bench = Bench(config, stack, Path(tmp))
+            bench.start()
+            bench.run()
+            _say("stopping the servers")
+    except servers.BenchError as e:
+        _say(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted; servers stopped")
+        return 130
+    document = bench.document()
+    report.write_json(config.json_path, document)
+    print(bench.header())
+    print()
+    print(report.format_table(document["summary"], list(bench.targets)))
+    print()
+    print(f"JSON: {config.json_path}  ({time.monotonic() - begun:.0f} s)")
+    for failure in bench.failures:
+        print(f"FAILED: {failure}")
+    return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""
+The four workloads of the benchmark, each run against one target at a time.
+
+- W1 query rate: ``pgbench -S`` on persistent connections, 16 clients and 1.
+- W2 connection rate: ``pgbench -S -C``, a full TLS handshake and session
+  start per transaction.
+- W3 bulk: ``COPY (SELECT repeat('x',1000) ...) TO STDOUT`` through psql.
+- W4 idle cost: the front end's memory per idle TLS session.
+
+Clients are PostgreSQL 15's pgbench and psql (libpq 15), and psycopg for W4's
+sessions; every one connects to 127.0.0.1 with ``sslmode=require``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from servers import BENCH_DB, BENCH_USER, BenchError, Target, client_env
+
+__all__ = [
+    "COPY_ROW_BYTES",
+    "W2_CLIENTS",
+    "IdleCost",
+    "Memory",
+    "copy_rate",
+    "idle_cost",
+    "pgbench_rate",
+    "tls_description",
+    "tree_memory",
+]
+
+#: W2's concurrency: enough clients to keep both cores busy with handshakes.
+W2_CLIENTS = 4
+W2_JOBS = 2
+
+#: repeat('x', 1000) and the newline COPY's text format ends each row with.
+COPY_ROW_BYTES = 1001
+
+#: Sessions opened and closed before W4's baseline, so that one-time costs
+#: (lazy imports, first TLS context use, PgBouncer's first server connection)
+#: are not charged to the measured sessions.
+_WARMUP_SESSIONS = 3
+#: Time for the measured sessions' memory to settle before reading it.
+_SETTLE_SECONDS = 1.0
+_DRAIN_TIMEOUT = 60.0
+_STEADY_POLLS = 5
+_CLIENT_TIMEOUT_MARGIN = 120.0
+
+_TPS = re.compile(r"^tps = ([0-9.]+) ", re.MULTILINE)
+_SSL_LINE = re.compile(r"^SSL connection \((.*)\)$", re.MULTILINE)
+
+
+# -- W1, W2 ---------------------------------------------------------------
+
+
+def pgbench_rate(
+    bindir: Path,
+    target: Target,
+    *,
+    clients: int,
+    jobs: int,
+    duration: float,
+    connect: bool = False,
+) -> float:
+    """
+    Run ``pgbench -n -S`` against ``target`` and return its tps.
+
+    With ``connect`` (``-C``) every transaction opens its own connection, so
+    the tps is the rate of full TLS session starts.
+
+    :param bindir: PostgreSQL's bin directory (pgbench 15).
+    :param clients: ``-c``; :param jobs: ``-j``; :param duration: ``-T``, s.
+    :raises BenchError: when pgbench fails, times out or reports no tps.
+    """
+    argv = [
+        str(bindir / "pgbench"),
+        "--no-vacuum",
+        "--select-only",
+        f"--client={clients}",
+        f"--jobs={jobs}",
+        f"--time={max(1, round(duration))}",
+        f"--host={target.host}",
+        f"--port={target.port}",
+        f"--username={BENCH_USER}",
+    ]
+    if connect:
+        argv.append("--connect")
+    argv.append(BENCH_DB)
+    output = _run(argv, timeout=duration + _CLIENT_TIMEOUT_MARGIN)
+    match = _TPS.search(output)
+    if match is None or float(match.group(1)) <= 0:
+        raise BenchError(f"pgbench reported no tps against {target.name}:\n{output}")
+    return float(match.group(1))
+
+
+def _run(argv: list[str], *, timeout: float) -> str:
+    try:
+        result = subprocess.run(
+            argv,
+            env=client_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"{Path(argv[0]).name}: timed out after {timeout:.0f} s") from e
+    if result.returncode != 0:
+        raise BenchError(
+            f"{Path(argv[0]).name} failed ({result.returncode}): "
+            f"{(result.stdout + result.stderr).strip()}"
+        )
+    return result.stdout
+
+
+# -- W3 -------------------------------------------------------------------
+
+
+def copy_rate(bindir: Path, target: Target, rows: int) -> float:
+    """
+    Stream ``rows`` rows of 1000 bytes out of COPY ... TO STDOUT through psql
+    and return the rate in MB/s (10^6 bytes), connection set-up included.
+
+    psql's output is read and counted here, not written anywhere.
+
+    :raises BenchError: when psql fails, times out, or delivers a byte count
+        other than ``rows * 1001``.
+    """
+    sql = f"COPY (SELECT repeat('x', 1000) FROM generate_series(1, {rows})) TO STDOUT"
+    argv = [
+        str(bindir / "psql"),
+        "--no-psqlrc",
+        "--quiet",
+        "--set=ON_ERROR_STOP=1",
+        f"--command={sql}",
+        target.conninfo(),
+    ]
+    # Generous: 1 GB at 10 MB/s would be far slower than any target should be.
+    timeout = 60.0 + rows * COPY_ROW_BYTES / 10e6
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            argv, env=client_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+        )
+        killer = threading.Timer(timeout, process.kill)
+        killer.start()
+        try:
+            received = _count_bytes(process)
+            returncode = process.wait()
+        finally:
+            killer.cancel()
+        elapsed = time.perf_counter() - start
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace").strip()
+    if returncode != 0:
+        raise BenchError(f"psql COPY against {target.name} failed ({returncode}): {errors}")
+    expected = rows * COPY_ROW_BYTES
+    if received != expected:
+        raise BenchError(f"psql COPY against {target.name}: {received} bytes, not {expected}")
+    return received / elapsed / 1e6
+
+
+def _count_bytes(process: subprocess.Popen[bytes]) -> int:
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    total = 0
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+    finally:
+        process.stdout.close()
+    return total
+
+
+# -- W4 -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """
+    Memory of a process tree, from /proc/PID/smaps_rollup, in KiB.
+
+    :param owned_kib: Pss of anonymous and shared memory (``Pss_Anon +
+        Pss_Shmem``): what the processes allocated, each page divided among
+        the processes mapping it.  File-backed pages (program and library
+        code) are left out: they are no cost of a session, and their Pss
+        changes whenever any other process maps or unmaps the same library.
+    :param pss_kib: all of Pss, file-backed pages included.
+    :param rss_kib: RSS, counting each shared page once per process.
+    :param processes: how many processes were summed.
+    """
+
+    owned_kib: int
+    pss_kib: int
+    rss_kib: int
+    processes: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdleCost:
+    """
+    W4's result: memory per idle session, KiB.
+
+    :param frontend_kib: the growth of the front end's ``Pss_Anon +
+        Pss_Shmem`` per session: the headline number (see :class:`Memory`).
+    :param frontend_pss_kib: the same with all of Pss.
+    :param frontend_rss_kib: the same with RSS.
+    :param upstream_kib: the upstream cluster's ``Pss_Anon + Pss_Shmem``
+        growth per session (its backends) behind a relaying front end; None
+        for native PostgreSQL, whose backends are the front end.
+    """
+
+    frontend_kib: float
+    frontend_pss_kib: float
+    frontend_rss_kib: float
+    upstream_kib: float | None
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name is in parentheses and may hold anything.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_memory(root: int) -> Memory:
+    """Memory summed over ``root``'s process tree (see :class:`Memory`)."""
+    owned = pss = rss = count = 0
+    for pid in process_tree(root):
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = dict(_smaps_field(line) for line in text.splitlines()[1:])
+        # Linux before 5.9 has no Pss_Anon: then all of Pss.
+        owned += fields["Pss_Anon"] + fields["Pss_Shmem"] if "Pss_Anon" in fields else fields["Pss"]
+        pss += fields.get("Pss", 0)
+        rss += fields.get("Rss", 0)
+        count += 1
+    return Memory(owned, pss, rss, count)
+
+
+def _smaps_field(line: str) -> tuple[str, int]:
+    name, _, value = line.partition(":")
+    parts = value.split()
+    return name, int(parts[0]) if parts and parts[0].isdigit() else 0
+
+
+def idle_cost(target: Target, sessions: int, upstream_root: Callable[[], int]) -> IdleCost:
+    """
+    Open ``sessions`` TLS sessions to ``target``, run ``SELECT 1`` on each
+    (so that every target holds an upstream backend per session, PgBouncer
+    included) and leave them idle; return the front end's memory growth per
+    session.
+
+    The front end is made a fresh process first when it can be
+    (``target.fresh``), so every round measures a process with the same
+    history; after the sessions close, ``target.release`` frees what the
+    front end keeps (PgBouncer's pooled server connections), and this waits
+    for the cluster's backends to exit.
+
+    :param upstream_root: the postmaster's process id.
+    :raises BenchError: when a session cannot be opened or backends linger.
+    """
+    if target.fresh is not None:
+        target.fresh()
+    idle_processes = tree_memory(upstream_root()).processes
+    _close_all([_open_session(target) for _ in range(_WARMUP_SESSIONS)])
+    # PgBouncer keeps the warm-up's server connection pooled: wait for the
+    # backends that do exit, not for the count before.
+    _wait_steady(upstream_root)
+    frontend_before = tree_memory(target.root_pid())
+    upstream_before = tree_memory(upstream_root())
+    connections: list[psycopg.Connection[tuple[object, ...]]] = []
+    try:
+        for _ in range(sessions):
+            connections.append(_open_session(target))
+        time.sleep(_SETTLE_SECONDS)
+        frontend_after = tree_memory(target.root_pid())
+        upstream_after = tree_memory(upstream_root())
+    finally:
+        _close_all(connections)
+    if target.release is not None:
+        target.release()
+    _wait_drained(upstream_root, idle_processes)
+    upstream = None
+    if target.name != "native":
+        upstream = (upstream_after.owned_kib - upstream_before.owned_kib) / sessions
+    return IdleCost(
+        frontend_kib=(frontend_after.owned_kib - frontend_before.owned_kib) / sessions,
+        frontend_pss_kib=(frontend_after.pss_kib - frontend_before.pss_kib) / sessions,
+        frontend_rss_kib=(frontend_after.rss_kib - frontend_before.rss_kib) / sessions,
+        upstream_kib=upstream,
+    )
+
+
+def _open_session(target: Target) -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        connection = psycopg.connect(target.conninfo(), autocommit=True)
+    except psycopg.Error as e:
+        raise BenchError(f"W4: cannot open a session to {target.name}: {e}") from None
+    try:
+        connection.execute("SELECT 1").fetchall()
+        if not connection.pgconn.ssl_in_use:
+            raise BenchError(f"W4: the session to {target.name} does not use TLS")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _close_all(connections: list[psycopg.Connection[tuple[object, ...]]]) -> None:
+    for connection in connections:
+        connection.close()
+
+
+def _wait_drained(upstream_root: Callable[[], int], processes: int) -> None:
+    # Backends exit a moment after their client leaves; count processes
+    # rather than sessions, since an exiting backend still holds memory.
+    deadline = time.monotonic() + _DRAIN_TIMEOUT
+    while tree_memory(upstream_root()).processes > processes:
+        if time.monotonic() > deadline:
+            raise BenchError(f"PostgreSQL backends still running after {_DRAIN_TIMEOUT:.0f} s")
+        time.sleep(0.1)
+
+
+def _wait_steady(upstream_root: Callable[[], int]) -> None:
+    deadline = time.monotonic() + _DRAIN_TIMEOUT
+    counts: list[int] = []
+    while len(counts) < _STEADY_POLLS or len(set(counts[-_STEADY_POLLS:])) > 1:
+        if time.monotonic() > deadline:
+            raise BenchError(f"PostgreSQL backends still exiting after {_DRAIN_TIMEOUT:.0f} s")
+        counts.append(tree_memory(upstream_root()).processes)
+        time.sleep(0.1)
+
+
+# -- TLS parameters -------------------------------------------------------
+
+
+def tls_description(bindir: Path, target: Target) -> str:
+    """
+    What psql (libpq 15, as pgbench) negotiates with ``target``: the
+    ``protocol: ..., cipher: ...`` of psql's ``\\conninfo``.
+
+    :raises BenchError: when psql fails or the session is not TLS.
+    """
+    argv = [str(bindir / "psql"), "--no-psqlrc", "--command=\\conninfo", target.conninfo()]
+    output = _run(argv, timeout=30)
+    match = _SSL_LINE.search(output)
+    if match is None:
+        raise BenchError(f"psql's session to {target.name} is not TLS:\n{output}")
+    return match.group(1)

@@ -79,6 +79,8 @@ class Settings:
     log_disconnections: bool = False
     upstream: Upstream = field(default_factory=lambda: Upstream("/var/run/postgresql", 5432))
     clientcert: str = "required"
+    smart_shutdown_timeout: float = 30.0
+    metrics_listen: str = ""
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
     raw_values: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -645,7 +647,9 @@ def _show_bool(value: bool) -> str:
 
 
 def _show_seconds(value: float) -> str:
-    """Show seconds in the greatest unit that divides them, as SHOW does (``1min``)."""
+    """Show seconds in the greatest unit that divides them, as SHOW does (``1min``, ``0``)."""
+    if value == 0:
+        return "0"
     if value != int(value):
         return f"{value:g}s"
     seconds = int(value)
@@ -694,6 +698,17 @@ _PARAMS: tuple[_Param, ...] = (
     _Param("log_disconnections", "log_disconnections", _boolean, _show_bool, restart_only=False),
     _Param("pgtls.upstream", "upstream", _upstream, format_conninfo),
     _Param("pgtls.clientcert", "clientcert", _enum("required", "optional")),
+    # How long SIGTERM waits for sessions to end (0 = no limit); read when
+    # the shutdown starts, so a reload applies.
+    _Param(
+        "pgtls.smart_shutdown_timeout",
+        "smart_shutdown_timeout",
+        _seconds(0, 2147483),
+        _show_seconds,
+        restart_only=False,
+    ),
+    # A Twisted server endpoint string; checked when the service is built.
+    _Param("pgtls.metrics_listen", "metrics_listen", _string),
 )
 _BY_NAME = {param.name: param for param in _PARAMS}
 _FILE_PARAMS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")

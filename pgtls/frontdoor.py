@@ -29,7 +29,15 @@ from zope.interface import implementer
 
 from pgtls import hba, wire
 from pgtls.conf import Settings
-from pgtls.relay import UpstreamProtocol, send_cancel, set_nodelay, splice, upstream_endpoint
+from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
+from pgtls.relay import (
+    QuietFactory,
+    UpstreamProtocol,
+    send_cancel,
+    set_nodelay,
+    splice,
+    upstream_endpoint,
+)
 from pgtls.tlsctx import ServerTLS, TLSInfo, describe_connection
 
 __all__ = ["FrontDoor", "FrontDoorFactory"]
@@ -91,16 +99,25 @@ class FrontDoorFactory(Factory):
         connect_upstream: Callable[[], IStreamClientEndpoint] | None = None,
         resolve_hostname: Callable[[IPAddress], defer.Deferred[str | None]] | None = None,
         describe_tls: Callable[[Any], TLSInfo] = describe_connection,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
         self.tls = tls
         self.reactor = reactor
         self.sessions = 0
+        # Every live client connection, whatever its phase: what a shutdown
+        # ends or waits for.
+        self.connections: set[FrontDoor] = set()
+        # Set by a shutdown: new sessions are refused as PostgreSQL refuses them.
+        self.shutting_down = False
+        self._idle_waiters: list[defer.Deferred[None]] = []
         self._connect_upstream = connect_upstream
         self._resolve_hostname = resolve_hostname
         # Tests with fake transports have no OpenSSL connection to describe.
         self.describe_tls = describe_tls
+        # None when pgtls.metrics_listen is off: no metrics work at all.
+        self.metrics = metrics
 
     def upstream_endpoint(self) -> IStreamClientEndpoint:
         """The endpoint of the upstream server (built anew: it is cheap)."""
@@ -115,6 +132,22 @@ class FrontDoorFactory(Factory):
         return threads.deferToThreadPool(
             self.reactor, self.reactor.getThreadPool(), hba.resolve_client_hostname, address
         )
+
+    def when_idle(self) -> defer.Deferred[None]:
+        """A Deferred that fires once no client connection is left (at once if none is)."""
+        if not self.connections:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def connection_ended(self, door: FrontDoor) -> None:
+        """Forget a connection that is gone; wake when_idle() waiters if it was the last."""
+        self.connections.discard(door)
+        if not self.connections:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def buildProtocol(self, addr: IAddress | None) -> FrontDoor:
         assert addr is not None, "listening ports always give the peer's address"
@@ -139,7 +172,14 @@ class FrontDoor(Protocol):
         self.startup: wire.StartupMessage | None = None
         self.upstream: UpstreamProtocol | None = None
         self.bytes_up = 0
-        self.outcome = "closed before startup"
+        # How the connection ended, for the session summary and the metrics:
+        # a fixed word, the reason label that goes with it (a refusal's kind,
+        # OpenSSL's reason), and the words of the log (PostgreSQL's message).
+        self.outcome: Outcome = "closed"
+        self.reason: str | None = None
+        self.detail = "closed before startup"
+        self.encryption: Encryption = "none"
+        self._connect_started = 0.0
         self._stranded_plaintext = False
         self._counted = False
         self._timer: IDelayedCall | None = None
@@ -149,6 +189,7 @@ class FrontDoor(Protocol):
     # -- connection events -------------------------------------------------
 
     def connectionMade(self) -> None:
+        self.door.connections.add(self)
         set_nodelay(self.transport)
         settings = self.door.settings
         self._timer = self.door.reactor.callLater(
@@ -179,6 +220,8 @@ class FrontDoor(Protocol):
     def handshakeCompleted(self) -> None:
         handle = self.transport.getHandle()
         self.tls_info = self.door.describe_tls(handle)
+        if self.door.metrics is not None:
+            self.door.metrics.tls_established(self.tls_info)
         if self._stranded_plaintext:
             self._refuse(wire.UnencryptedDataAfterSSLRequest())
             return
@@ -188,6 +231,7 @@ class FrontDoor(Protocol):
                 "negotiation extension (host={host})",
                 host=str(self.address),
             )
+            self._ending("refused", "direct_ssl_no_alpn")
             self._close("direct SSL without ALPN")
             return
         self.reader.encryption_started()
@@ -196,15 +240,20 @@ class FrontDoor(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         if self.phase is Phase.HANDSHAKE:
-            self.outcome = "TLS handshake failed"
+            self._ending("handshake_failed", _ssl_reason(reason))
+            self.detail = "TLS handshake failed"
             self.log.info(
                 "could not accept SSL connection: {reason} (host={host})",
-                reason=_ssl_reason(reason),
+                reason=self.reason,
                 host=str(self.address),
             )
         elif self.phase is Phase.STARTUP:
             self._end_of_startup()
         relaying = self.phase is Phase.RELAYING
+        if relaying:
+            self.detail = "client closed the connection"
+        elif self.phase in (Phase.ADMITTING, Phase.CONNECTING):
+            self.detail = "client left before the session started"
         self.phase = Phase.CLOSED
         self._stop_timer()
         if self._connecting is not None:
@@ -215,10 +264,12 @@ class FrontDoor(Protocol):
                 # before it closes.
                 self.upstream.transport.unregisterProducer()
             self.upstream.transport.loseConnection()
+        admitted = self._counted
         if self._counted:
             self.door.sessions -= 1
             self._counted = False
-        self._log_session_end()
+        self._session_end(admitted)
+        self.door.connection_ended(self)
 
     # -- the startup phase -------------------------------------------------
 
@@ -228,7 +279,8 @@ class FrontDoor(Protocol):
         try:
             self.reader.next_event()
         except wire.ProtocolError as error:
-            self.outcome = error.message
+            self._ending("protocol_error")
+            self.detail = error.message
             if error.log:
                 self.log.info(
                     "{message} (host={host})", message=error.message, host=str(self.address)
@@ -280,6 +332,7 @@ class FrontDoor(Protocol):
     def _direct_tls(self) -> None:
         tls = self.door.tls
         if tls is None:
+            self._ending("refused", "direct_ssl_off")
             self._close("direct SSL rejected: ssl is off")
             return
         hello = self.reader.take_buffered()
@@ -290,6 +343,7 @@ class FrontDoor(Protocol):
 
     def _start_tls(self, tls: ServerTLS) -> None:
         self.phase = Phase.HANDSHAKE
+        self.encryption = "ssl"
         self.transport.startTLS(tls)
 
     def _client_cert_missing(self) -> bool:
@@ -303,21 +357,30 @@ class FrontDoor(Protocol):
 
     def _cancel(self, event: wire.CancelRequest) -> None:
         if self._client_cert_missing():
-            self._fatal("28000", "connection requires a valid client certificate")
+            self._refuse_session(
+                "client_cert_required", "28000", "connection requires a valid client certificate"
+            )
             return
         self.phase = Phase.CANCELLING
-        self.outcome = "cancel request forwarded"
+        self._ending("cancel")
+        self.detail = "cancel request forwarded"
         self._stop_timer()
         done = send_cancel(self.door.upstream_endpoint(), event.packet, self.door.reactor)
         done.addCallback(lambda _: self.transport.loseConnection())
 
     def _admit(self, startup: wire.StartupMessage) -> None:
         self.startup = startup
+        if self.door.shutting_down:
+            # PostgreSQL refuses before authentication (CAC_SHUTDOWN).
+            self._refuse_session("shutting_down", "57P03", "the database system is shutting down")
+            return
         if self._client_cert_missing():
-            self._fatal("28000", "connection requires a valid client certificate")
+            self._refuse_session(
+                "client_cert_required", "28000", "connection requires a valid client certificate"
+            )
             return
         if self.door.sessions >= self.door.settings.max_connections:
-            self._fatal("53300", "sorry, too many clients already")
+            self._refuse_session("too_many_clients", "53300", "sorry, too many clients already")
             return
         self.phase = Phase.ADMITTING
         self.transport.pauseProducing()
@@ -361,14 +424,16 @@ class FrontDoor(Protocol):
                 message=decision.message,
                 detail=f" ({decision.log_detail})" if decision.log_detail else "",
             )
-            self._fatal(decision.sqlstate, decision.message)
+            self._refuse_session(refusal_reason(decision), decision.sqlstate, decision.message)
             return
         # max_connections is checked again: a look-up may have let others in.
         if self.door.sessions >= self.door.settings.max_connections:
-            self._fatal("53300", "sorry, too many clients already")
+            self._refuse_session("too_many_clients", "53300", "sorry, too many clients already")
             return
         self.door.sessions += 1
         self._counted = True
+        if self.door.metrics is not None:
+            self.door.metrics.session_admitted(self.encryption)
         if self.door.settings.log_connections:
             app = self.startup.application_name if self.startup else None
             # PostgreSQL's walsenders (replication=true or database) log no database.
@@ -383,7 +448,8 @@ class FrontDoor(Protocol):
                 ssl=encryption_words(self.tls_info),
             )
         self.phase = Phase.CONNECTING
-        factory = Factory.forProtocol(lambda: UpstreamProtocol(self))
+        self._connect_started = self.door.reactor.seconds()
+        factory = QuietFactory.forProtocol(lambda: UpstreamProtocol(self))
         self._connecting = self.door.upstream_endpoint().connect(factory)
         self._connecting.addErrback(self._upstream_failed)
 
@@ -398,7 +464,12 @@ class FrontDoor(Protocol):
         self._stop_timer()
         self.upstream = upstream
         self.phase = Phase.RELAYING
-        self.outcome = "relayed"
+        self._ending("relayed")
+        self.detail = "relayed"
+        if self.door.metrics is not None:
+            self.door.metrics.upstream_connected(
+                self.door.reactor.seconds() - self._connect_started
+            )
         first = self.startup.packet + self.reader.take_buffered()
         self.bytes_up += len(first)
         upstream.transport.write(first)
@@ -411,6 +482,7 @@ class FrontDoor(Protocol):
             # A TLS transport would wait for its producer, the upstream,
             # before its close_notify, and so never close.
             self.transport.unregisterProducer()
+            self.detail = "upstream closed the connection"
             self._close("relayed")
 
     def _upstream_failed(self, reason: Failure) -> None:
@@ -424,19 +496,47 @@ class FrontDoor(Protocol):
         )
         # 57P03 tells libpq not to retry the same server without SSL; the
         # upstream's address stays in the server log, never in the answer.
+        self._ending("upstream_unavailable")
         self._fatal(
             "57P03",
             "the database system is not accepting connections",
-            detail="pgtls could not connect to the upstream server.",
+            error_detail="pgtls could not connect to the upstream server.",
         )
 
     # -- endings -----------------------------------------------------------
+
+    def terminate(self) -> None:
+        """
+        End this connection for a fast shutdown, as PostgreSQL's backends end
+        on SIGTERM.  A connection past its StartupMessage gets FATAL 57P01
+        ``terminating connection due to administrator command``; one still
+        negotiating is closed without a word, as a backend that has not read
+        its startup packet exits quietly.
+
+        A relayed session's upstream leg is stopped first, so no upstream
+        byte follows the message.  pgtls does not frame what it relays: if
+        the upstream was in the middle of a message, the ErrorResponse lands
+        inside it and the client sees a broken message (libpq: lost
+        synchronization, or the connection closed) rather than the FATAL.
+        """
+        if self.phase is Phase.RELAYING:
+            assert self.upstream is not None
+            self.transport.unregisterProducer()
+            self.upstream.transport.unregisterProducer()
+            # loseConnection stops reading the upstream; its connectionLost
+            # comes later and finds this connection closed.
+            self.upstream.transport.loseConnection()
+        if self.phase in (Phase.ADMITTING, Phase.CONNECTING, Phase.RELAYING):
+            self._fatal("57P01", "terminating connection due to administrator command")
+        elif self.phase is not Phase.CLOSED:
+            self._close("terminated by a fast shutdown")
 
     def _authentication_timed_out(self) -> None:
         # PostgreSQL closes silently and logs nothing when the startup phase
         # outlives authentication_timeout.
         self._timer = None
-        self.outcome = "authentication timeout"
+        self._ending("timeout")
+        self.detail = "authentication timeout"
         self.phase = Phase.CLOSED
         _close_socket(self.transport)
 
@@ -448,28 +548,54 @@ class FrontDoor(Protocol):
     def _refuse(self, error: wire.ProtocolError) -> None:
         if error.log:
             self.log.warn("{message} (host={host})", message=error.message, host=str(self.address))
-        self.outcome = error.message
+        self._ending("protocol_error")
+        self.detail = error.message
         data = error.response()
         if data:
             self.transport.write(data)
         self._close(error.message)
 
-    def _fatal(self, sqlstate: str, message: str, *, detail: str | None = None) -> None:
-        self.outcome = message
-        self.transport.write(wire.error_response(sqlstate, message, detail=detail))
+    def _refuse_session(self, reason: str, sqlstate: str, message: str) -> None:
+        """Refuse by rule or limit; ``reason`` is the metrics label (REFUSAL_REASONS)."""
+        self._ending("refused", reason)
+        self._fatal(sqlstate, message)
+
+    def _fatal(self, sqlstate: str, message: str, *, error_detail: str | None = None) -> None:
+        self.detail = message
+        self.transport.write(wire.error_response(sqlstate, message, detail=error_detail))
         self._close(message)
 
-    def _close(self, outcome: str) -> None:
+    def _ending(self, outcome: Outcome, reason: str | None = None) -> None:
+        """Say how the connection ends, for the session summary and the metrics."""
+        self.outcome = outcome
+        self.reason = reason
+
+    def _close(self, detail: str) -> None:
         if self.phase is not Phase.CLOSED:
-            self.outcome = self.outcome if self.outcome != "closed before startup" else outcome
+            self.detail = self.detail if self.detail != "closed before startup" else detail
         self.phase = Phase.CLOSED
         self.transport.loseConnection()
         # PostgreSQL's backend exits: close_notify, then FIN at once; the
         # TLS layer alone would wait for the client's close_notify.
         _close_socket(self.transport)
 
-    def _log_session_end(self) -> None:
+    def _session_end(self, admitted: bool) -> None:
+        """Log the end of the connection (PostgreSQL's line, our summary); count it."""
         elapsed = self.door.reactor.seconds() - self._started
+        bytes_down = self.upstream.bytes_down if self.upstream else 0
+        self._log_session_end(elapsed, bytes_down)
+        if self.door.metrics is not None:
+            self.door.metrics.connection_ended(
+                outcome=self.outcome,
+                encryption=self.encryption,
+                admitted=admitted,
+                reason=self.reason,
+                tls=self.tls_info,
+                bytes_up=self.bytes_up,
+                bytes_down=bytes_down,
+            )
+
+    def _log_session_end(self, elapsed: float, bytes_down: int) -> None:
         startup = self.startup
         if self.door.settings.log_disconnections and self.upstream is not None and startup:
             self.log.info(
@@ -481,19 +607,46 @@ class FrontDoor(Protocol):
                 host=str(self.address),
                 port=self.port,
             )
+        info = self.tls_info
+        # One event per connection, its fields named for log shippers (JSON
+        # logs); the text names the TLS parameters only when TLS was up.
         self.log.debug(
-            "session host={host} user={user} database={database} ssl={ssl} "
-            "outcome={outcome} bytes_up={bytes_up} bytes_down={bytes_down} "
-            "duration={duration:.3f}",
+            _SUMMARY_SSL if info else _SUMMARY_PLAIN,
+            peer=_peer(self.address, self.port),
             host=str(self.address),
+            port=self.port,
             user=startup.user if startup else None,
             database=startup.database if startup else None,
-            ssl=self.tls_info.protocol if self.tls_info else None,
+            ssl=info is not None,
+            protocol=info.protocol if info else None,
+            cipher=info.cipher if info else None,
             outcome=self.outcome,
+            reason=self.reason,
+            detail=self.detail,
             bytes_up=self.bytes_up,
-            bytes_down=self.upstream.bytes_down if self.upstream else 0,
+            bytes_down=bytes_down,
             duration=elapsed,
         )
+
+
+_SUMMARY_FIELDS = (
+    "outcome={outcome} bytes_up={bytes_up} bytes_down={bytes_down} "
+    "duration={duration:.3f}: {detail}"
+)
+_SUMMARY_SSL = (
+    "session host={host} port={port} user={user} database={database} "
+    "ssl=on protocol={protocol} cipher={cipher} " + _SUMMARY_FIELDS
+)
+_SUMMARY_PLAIN = (
+    "session host={host} port={port} user={user} database={database} ssl=off " + _SUMMARY_FIELDS
+)
+
+
+def _peer(address: IPAddress, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    if address.version == 6:
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
 
 
 def _session_time(seconds: float) -> str:

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from pgtls.conninfo import Upstream
 
-__all__ = ["UpstreamProtocol", "send_cancel", "set_nodelay", "upstream_endpoint"]
+__all__ = ["QuietFactory", "UpstreamProtocol", "send_cancel", "set_nodelay", "upstream_endpoint"]
 
 # A cancel is one 16-byte packet; the upstream answers by closing.  Past this
 # the upstream is not answering and the client has waited long enough.
@@ -55,6 +55,15 @@ def upstream_endpoint(reactor: object, upstream: Upstream) -> IStreamClientEndpo
     if upstream.is_unix:
         return UNIXClientEndpoint(reactor, upstream.unix_socket_path, timeout=timeout)
     return HostnameEndpoint(reactor, upstream.host.encode("idna"), upstream.port, timeout=timeout)
+
+
+class QuietFactory(Factory):
+    """
+    The factory of one upstream connection: not ``noisy``, or every session
+    would log ``Starting factory`` and ``Stopping factory``.
+    """
+
+    noisy = False
 
 
 class UpstreamProtocol(Protocol):
@@ -112,7 +121,7 @@ def send_cancel(
     """
     done: defer.Deferred[None] = defer.Deferred()
     forwarder = _CancelForwarder(packet, done)
-    connecting = endpoint.connect(Factory.forProtocol(lambda: forwarder))
+    connecting = endpoint.connect(QuietFactory.forProtocol(lambda: forwarder))
 
     def give_up(failure: Failure) -> None:
         if not done.called:

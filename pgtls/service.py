@@ -1,10 +1,13 @@
 """
-``twistd pgtls``: options, the listening ports and the SIGHUP reload.
+``twistd pgtls``: options, the listening ports, the SIGHUP reload, the
+shutdowns, and what systemd is told.
 
 makeService loads everything the server needs before twistd daemonizes, so a
 passphrase is asked on the terminal and a bad file stops the start with one
 line; the ports are bound in privilegedStartService, before ``--uid`` drops
-root.
+root, unless systemd passed them (socket activation).  SIGTERM is
+PostgreSQL's smart shutdown, SIGINT its fast one.  Under systemd's
+``Type=notify`` pgtls says when it is ready, reloading and stopping.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import Any
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import Any, Literal
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -26,9 +32,28 @@ from twisted.python.failure import Failure
 from pgtls import conf, hba
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.loader import StartupError, load_hba, load_server_config
+from pgtls.metrics import metrics_service
+from pgtls.sdnotify import Notifier, monotonic_usec
 from pgtls.tlsctx import terminal_passphrase
 
-__all__ = ["Options", "makeService"]
+__all__ = [
+    "ListenService",
+    "NotifyService",
+    "Options",
+    "ReloadService",
+    "ShutdownService",
+    "inherited_descriptions",
+    "makeService",
+]
+
+#: How often STATUS= is refreshed for systemd (only sent when it changed).
+STATUS_INTERVAL = 1.0
+#: How long a fast shutdown lets its FATAL messages leave before it aborts.
+FAST_SHUTDOWN_GRACE = 5.0
+#: PostgreSQL's shutdown modes: SIGTERM asks for a smart one, SIGINT a fast one.
+Mode = Literal["smart", "fast"]
+SMART: Mode = "smart"
+FAST: Mode = "fast"
 
 _LONGDESC = """\
 pgtls is PostgreSQL's SSL front door as a server of its own. It listens on
@@ -45,6 +70,13 @@ start; SIGHUP re-reads pg_hba.conf, pg_ident.conf and the reloadable settings.
 
 A passphrase-protected server.key is asked for on the terminal before twistd
 daemonizes, unless ssl_passphrase_command is set.
+
+Started by systemd socket activation (LISTEN_FDS, LISTEN_PID and
+LISTEN_FDNAMES), pgtls serves the TCP sockets it was passed and ignores
+listen_addresses and port. SIGTERM is a smart shutdown (new sessions are
+refused, open ones may end within pgtls.smart_shutdown_timeout), SIGINT a
+fast one (each session gets FATAL 57P01). With NOTIFY_SOCKET set (systemd's
+Type=notify) pgtls reports READY, RELOADING, STOPPING and a STATUS line.
 
 Examples:
   twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls
@@ -122,6 +154,60 @@ def listen_descriptions(listen_addresses: str, port: int) -> list[list[str]]:
     return groups
 
 
+def inherited_descriptions(reactor: Any, environ: Mapping[str, str] | None = None) -> list[str]:
+    """
+    Endpoint descriptions for the sockets systemd passed (socket activation),
+    in systemd's order; empty when it passed none.
+
+    Twisted's ``systemd:`` endpoint reads LISTEN_PID and LISTEN_FDS when it is
+    imported (and removes them from the environment); it keeps the sockets
+    only when LISTEN_FDNAMES names each of them, which systemd does and
+    ``systemd-socket-activate`` does with ``--fdname``.  LISTEN_FDNAMES is
+    left in the environment, so it gives the count; Twisted's parser refuses
+    an index it does not hold, which is how sockets meant for another
+    process (LISTEN_PID not ours) are told apart.
+
+    @param reactor: the reactor the endpoints are for.
+    @param environ: the environment (default: this process's).
+    @raise StartupError: a passed socket is not a TCP stream socket.
+    """
+    env = os.environ if environ is None else environ
+    names = env.get("LISTEN_FDNAMES", "")
+    descriptions = []
+    for index, name in enumerate(names.split(":") if names else []):
+        try:
+            endpoint = serverFromString(reactor, f"systemd:domain=INET:index={index}")
+        except IndexError:
+            return []
+        domain = _tcp_domain(endpoint.fileno, f'socket {index} ("{name}") passed by systemd')
+        descriptions.append(f"systemd:domain={domain}:index={index}")
+    return descriptions
+
+
+def _tcp_domain(fileno: int, what: str) -> str:
+    """
+    ``INET`` or ``INET6``: the address family of a listening TCP socket, so
+    that its clients' addresses are read right.
+
+    @raise StartupError: naming ``what``, for anything but a TCP socket.
+    """
+    try:
+        # Family and type are read from the descriptor; detach() leaves it open.
+        sock = socket.socket(fileno=fileno)
+    except OSError as error:
+        raise StartupError(f"{what}: {error.strerror}") from None
+    try:
+        family, kind = sock.family, sock.type
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    finally:
+        sock.detach()
+    if kind != socket.SOCK_STREAM or family not in (socket.AF_INET, socket.AF_INET6):
+        raise StartupError(f"{what} is not a TCP socket (ListenStream= with an address or port)")
+    if not listening:
+        raise StartupError(f"{what} is not listening (the socket unit needs Accept=no)")
+    return "INET6" if family == socket.AF_INET6 else "INET"
+
+
 def _tcp(port: int, address: str) -> str:
     kind = "tcp6" if ":" in address else "tcp"
     return f"{kind}:{port}:interface={quoteStringArgument(address)}"
@@ -138,18 +224,37 @@ def _resolve(name: str, port: int) -> list[str]:
 
 
 class ListenService(Service):
-    """Binds every listen address at privileged start, as PostgreSQL does."""
+    """
+    Binds every listen address at privileged start, as PostgreSQL does, or
+    serves the sockets systemd passed.
+    """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, factory: FrontDoorFactory) -> None:
+    def __init__(
+        self, reactor: Any, factory: FrontDoorFactory, inherited: Sequence[str] = ()
+    ) -> None:
+        """
+        @param inherited: descriptions of sockets passed by systemd (see
+            L{inherited_descriptions}); when any, listen_addresses and port
+            are not used.
+        """
         self.reactor = reactor
         self.factory = factory
+        self.inherited = list(inherited)
         self.ports: list[IListeningPort] = []
 
     def privilegedStartService(self) -> None:
         settings = self.factory.settings
-        groups = listen_descriptions(settings.listen_addresses, settings.port)
+        if self.inherited:
+            self.log.info(
+                "using the {count} socket(s) passed by systemd; listen_addresses "
+                "and port are not used",
+                count=len(self.inherited),
+            )
+            groups = [[description] for description in self.inherited]
+        else:
+            groups = listen_descriptions(settings.listen_addresses, settings.port)
         for group in groups:
             self._listen_first(group)
         if not self.ports:
@@ -182,15 +287,102 @@ class ListenService(Service):
         return gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
 
 
+class NotifyService(Service):
+    """
+    Tells systemd (``Type=notify``) how pgtls is: READY=1 once the reactor
+    runs, RELOADING=1 and READY=1 around a reload, STOPPING=1 when a
+    shutdown starts, and a STATUS= line with the session count, refreshed
+    when it changes.  Without $NOTIFY_SOCKET it sends nothing and runs no
+    timer.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        factory: FrontDoorFactory,
+        notifier: Notifier,
+        *,
+        interval: float = STATUS_INTERVAL,
+    ) -> None:
+        self.reactor = reactor
+        self.factory = factory
+        self.notifier = notifier
+        self.interval = interval
+        self.status: str | None = None
+        self._stopping = False
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if self.notifier.enabled:
+            # Ready means accepting: the ports accept once the reactor runs.
+            self.reactor.callWhenRunning(self._ready)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def _ready(self) -> None:
+        if self._stopping:
+            return
+        self._send(READY=1)
+        self._loop = LoopingCall(self.update_status)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=False)
+
+    def status_text(self) -> str:
+        """The STATUS= line: the state and the session count."""
+        if self.factory.shutting_down:
+            count = len(self.factory.connections)
+            return f"shutting down; {count} connection{'' if count == 1 else 's'} left"
+        count = self.factory.sessions
+        return f"ready to accept connections; {count} session{'' if count == 1 else 's'}"
+
+    def update_status(self) -> None:
+        """Send STATUS= if it changed since last sent."""
+        if self.status_text() != self.status:
+            self._send()
+
+    def reloading(self) -> None:
+        """A reload starts (RELOADING=1 with the CLOCK_MONOTONIC time systemd asks for)."""
+        if not self._stopping:
+            self.notifier.notify(RELOADING=1, MONOTONIC_USEC=monotonic_usec())
+
+    def reloaded(self) -> None:
+        """The reload is done, whatever it applied: ready again."""
+        if not self._stopping:
+            self._send(READY=1)
+
+    def stopping(self) -> None:
+        """A shutdown starts: STOPPING=1, and READY=1 never again."""
+        self._stopping = True
+        self._send(STOPPING=1)
+
+    def _send(self, **fields: str | int) -> None:
+        if not self.notifier.enabled:
+            return
+        self.status = self.status_text()
+        self.notifier.notify(**fields, STATUS=self.status)
+
+
 class ReloadService(Service):
     """SIGHUP re-reads pg_hba.conf, pg_ident.conf and the reloadable settings."""
 
     log = Logger()
 
-    def __init__(self, reactor: Any, factory: FrontDoorFactory, overrides: dict[str, str]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        factory: FrontDoorFactory,
+        overrides: dict[str, str],
+        notify: NotifyService | None = None,
+    ) -> None:
         self.reactor = reactor
         self.factory = factory
         self.overrides = overrides
+        self.notify = notify
         self._previous: Any = None
 
     def startService(self) -> None:
@@ -207,6 +399,15 @@ class ReloadService(Service):
 
     def reload(self) -> None:
         """Apply what may change without a restart; keep the rest, and say so."""
+        if self.notify is not None:
+            self.notify.reloading()
+        try:
+            self._reload()
+        finally:
+            if self.notify is not None:
+                self.notify.reloaded()
+
+    def _reload(self) -> None:
         self.log.info("received SIGHUP, reloading configuration files")
         old = self.factory.settings
         try:
@@ -244,6 +445,151 @@ class ReloadService(Service):
         return conf.reloaded(old, new)
 
 
+class ShutdownService(Service):
+    """
+    PostgreSQL's shutdown modes.  SIGTERM is a smart shutdown: new sessions
+    are refused (FATAL 57P03 ``the database system is shutting down``, after
+    the SSL negotiation, as PostgreSQL does; cancel requests still pass),
+    and pgtls exits once every connection has ended, or terminates what is
+    left as a fast shutdown when pgtls.smart_shutdown_timeout expires.
+    SIGINT is a fast shutdown: every session gets FATAL 57P01 and is closed
+    (see L{pgtls.frontdoor.FrontDoor.terminate}); a connection that has not
+    closed within FAST_SHUTDOWN_GRACE is aborted.  A SIGINT during a smart
+    shutdown makes it fast.  The ports stay open until the end, so that
+    clients are told rather than refused; then the reactor stops.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        factory: FrontDoorFactory,
+        notify: NotifyService,
+        *,
+        grace: float = FAST_SHUTDOWN_GRACE,
+    ) -> None:
+        self.reactor = reactor
+        self.factory = factory
+        self.notify = notify
+        self.grace = grace
+        self.mode: Mode | None = None
+        self._timer: IDelayedCall | None = None
+        self._reactor_stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        # The reactor puts in its own SIGTERM and SIGINT handlers (stop at
+        # once) when it starts, which is after startService: ours replace them.
+        self.reactor.callWhenRunning(self.install_signal_handlers)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM asks for a smart shutdown, SIGINT for a fast one, on the reactor thread."""
+        signal.signal(signal.SIGTERM, self._signalled)
+        signal.signal(signal.SIGINT, self._signalled)
+
+    def _signalled(self, signum: int, frame: FrameType | None) -> None:
+        mode = SMART if signum == signal.SIGTERM else FAST
+        self.reactor.callFromThread(self.request, mode)
+
+    def request(self, mode: Mode) -> None:
+        """
+        Start a shutdown of ``mode`` (SMART or FAST), or make a smart one
+        under way fast; a request no faster than the one under way is ignored.
+        """
+        if self.mode == mode or self.mode == FAST:
+            return
+        first = self.mode is None
+        self.mode = mode
+        self.log.info("received {mode} shutdown request", mode=mode)
+        if first:
+            self.factory.shutting_down = True
+            self.notify.stopping()
+        if mode == FAST:
+            self._fast()
+        else:
+            self._smart()
+        if first:
+            self.factory.when_idle().addCallback(lambda _: self._stop_reactor())
+
+    def _smart(self) -> None:
+        count = len(self.factory.connections)
+        if not count:
+            return
+        timeout = self.factory.settings.smart_shutdown_timeout
+        self.log.info(
+            "waiting for {count} connection(s) to end{limit}",
+            count=count,
+            limit=f" (at most {timeout:g}s)" if timeout else "",
+        )
+        if timeout:
+            self._timer = self.reactor.callLater(timeout, self._smart_expired)
+
+    def _smart_expired(self) -> None:
+        self._timer = None
+        self.log.warn(
+            "pgtls.smart_shutdown_timeout expired with {count} connection(s) open: "
+            "terminating them as in a fast shutdown",
+            count=len(self.factory.connections),
+        )
+        self._terminate_all()
+
+    def _fast(self) -> None:
+        self._cancel_timer()
+        # PostgreSQL's words: closing the upstream legs ends their transactions.
+        self.log.info("aborting any active transactions")
+        self._terminate_all()
+
+    def _terminate_all(self) -> None:
+        for door in list(self.factory.connections):
+            door.terminate()
+        if self.factory.connections and self._timer is None:
+            self._timer = self.reactor.callLater(self.grace, self._abort_all)
+
+    def _abort_all(self) -> None:
+        self._timer = None
+        doors = list(self.factory.connections)
+        self.log.warn(
+            "{count} connection(s) did not close within {grace}s: aborting them",
+            count=len(doors),
+            grace=self.grace,
+        )
+        for door in doors:
+            door.transport.abortConnection()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _stop_reactor(self) -> None:
+        self._cancel_timer()
+        if not self._reactor_stopping:
+            self._reactor_stopping = True
+            self.reactor.stop()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Wait until no connection is left.  When the reactor stops for another
+        reason than our signals, the connections are ended as in a fast
+        shutdown first.
+        """
+        super().stopService()
+        self._reactor_stopping = True
+        if self.mode is None:
+            self.mode = FAST
+            self.factory.shutting_down = True
+            self.notify.stopping()
+            self._terminate_all()
+        idle = self.factory.when_idle()
+
+        def done(result: None) -> None:
+            self._cancel_timer()
+
+        idle.addCallback(done)
+        return idle
+
+
 def makeService(options: Options) -> MultiService:
     """Load the data directory (asking for a passphrase if needed) and build the server."""
     from twisted.internet import reactor
@@ -252,14 +598,28 @@ def makeService(options: Options) -> MultiService:
         config = load_server_config(
             options["pgdata"], options["overrides"], ask_passphrase=terminal_passphrase
         )
-        # Resolve listen_addresses now, so a bad name stops the start here.
-        listen_descriptions(config.settings.listen_addresses, config.settings.port)
+        inherited = inherited_descriptions(reactor)
+        if not inherited:
+            # Resolve listen_addresses now, so a bad name stops the start here.
+            listen_descriptions(config.settings.listen_addresses, config.settings.port)
+        metrics = metrics_service(reactor, config.settings)
     except StartupError as error:
         raise SystemExit(f"pgtls: {error}") from None
-    factory = FrontDoorFactory(config.settings, config.rules, config.tls, reactor)
+    factory = FrontDoorFactory(
+        config.settings,
+        config.rules,
+        config.tls,
+        reactor,
+        metrics=metrics.metrics if metrics is not None else None,
+    )
     top = MultiService()
-    ListenService(reactor, factory).setServiceParent(top)
-    ReloadService(reactor, factory, dict(options["overrides"])).setServiceParent(top)
+    notify = NotifyService(reactor, factory, Notifier.from_environment())
+    ListenService(reactor, factory, inherited).setServiceParent(top)
+    ReloadService(reactor, factory, dict(options["overrides"]), notify).setServiceParent(top)
+    notify.setServiceParent(top)
+    ShutdownService(reactor, factory, notify).setServiceParent(top)
+    if metrics is not None:
+        metrics.setServiceParent(top)
     log = Logger()
     for notice in config.settings.notices:
         log.info("{notice}", notice=notice)

@@ -62,6 +62,17 @@ if [[ -n ${PGTLS_NEED_PGBOUNCER:-} ]] && ! command -v pgbouncer >/dev/null \
     fi
 fi
 
+# The service tests verify the systemd units and use systemd-socket-activate.
+if [[ -n ${PGTLS_NEED_SYSTEMD_TOOLS:-} ]] && ! command -v systemd-analyze >/dev/null; then
+    if can_install; then
+        say "installing systemd's tools (Debian's systemd package, for the unit tests)"
+        apt_install systemd
+    else
+        say "systemd-analyze not found: install Debian's systemd package (the service tests need it)"
+        exit 1
+    fi
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
     if ! python3 -m venv .venv; then
         rm -rf .venv

@@ -141,7 +141,8 @@ class PgtlsServer:
         if self.process is None:
             return
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            # A fast shutdown (SIGINT): a smart one waits for open sessions.
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:

@@ -18,6 +18,7 @@ from pgtls.conf import (
     changed_settings,
     describe,
     load_settings,
+    reloaded,
     restart_only_changes,
 )
 from pgtls.conninfo import Upstream
@@ -603,6 +604,54 @@ def test_clientcert(tmp_path: Path) -> None:
     assert _load(tmp_path, "pgtls.clientcert = 'Required'").clientcert == "required"
 
 
+def test_metrics_listen(tmp_path: Path) -> None:
+    """pgtls.metrics_listen is off ('') by default and keeps an endpoint string as written."""
+    assert _load(tmp_path, "").metrics_listen == ""
+    loaded = _load(tmp_path, "pgtls.metrics_listen = 'tcp:9187:interface=127.0.0.1'")
+    assert loaded.metrics_listen == "tcp:9187:interface=127.0.0.1"
+
+
+def test_smart_shutdown_timeout(tmp_path: Path) -> None:
+    """pgtls.smart_shutdown_timeout: 30 s by default, seconds with PostgreSQL's units, 0 allowed."""
+    assert _load(tmp_path, "").smart_shutdown_timeout == 30.0
+    assert _load(tmp_path, "pgtls.smart_shutdown_timeout = 45").smart_shutdown_timeout == 45.0
+    assert _load(tmp_path, "pgtls.smart_shutdown_timeout = '2min'").smart_shutdown_timeout == 120.0
+    assert _load(tmp_path, "pgtls.smart_shutdown_timeout = 0").smart_shutdown_timeout == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "-1",
+            '-1 s is outside the valid range for parameter "pgtls.smart_shutdown_timeout" '
+            "(0 .. 2147483)",
+        ),
+        (
+            "'30 parsecs'",
+            'invalid value for parameter "pgtls.smart_shutdown_timeout": "30 parsecs" '
+            '(Valid units for this parameter are "us", "ms", "s", "min", "h", and "d".)',
+        ),
+    ],
+)
+def test_bad_smart_shutdown_timeout(tmp_path: Path, text: str, message: str) -> None:
+    """A negative or badly spelt limit is a start-up error with PostgreSQL's message."""
+    with pytest.raises(ConfigError) as raised:
+        _load(tmp_path, f"pgtls.smart_shutdown_timeout = {text}")
+    assert raised.value.reason == message
+
+
+def test_smart_shutdown_timeout_is_reloadable(tmp_path: Path) -> None:
+    """A reload applies a new limit (it is read when the shutdown starts), shown as SHOW would."""
+    old = _load(tmp_path, "")
+    new = _load(tmp_path, "pgtls.smart_shutdown_timeout = 0")
+    assert "pgtls.smart_shutdown_timeout" not in RESTART_ONLY
+    assert changed_settings(old, new) == [("pgtls.smart_shutdown_timeout", "0")]
+    assert reloaded(old, new).smart_shutdown_timeout == 0.0
+    assert dict(describe(new))["pgtls.smart_shutdown_timeout"] == "0"
+    assert dict(describe(old))["pgtls.smart_shutdown_timeout"] == "30s"
+
+
 def test_string_settings(tmp_path: Path) -> None:
     """String settings keep their text."""
     loaded = _load(
@@ -771,6 +820,7 @@ def test_restart_only_names() -> None:
         "ssl_passphrase_command",
         "pgtls.upstream",
         "pgtls.clientcert",
+        "pgtls.metrics_listen",
     } == RESTART_ONLY
 
 
@@ -819,6 +869,7 @@ def test_describe(tmp_path: Path) -> None:
         "authentication_timeout",
         "log_connections",
         "log_disconnections",
+        "pgtls.smart_shutdown_timeout",
     }
     assert shown["data_directory"] == str(tmp_path)
     assert shown["ssl"] == "on"

@@ -1039,13 +1039,14 @@ def test_one_summary_event_per_session(door: Door) -> None:
     (summary,) = [e for e in events if e["log_format"].startswith("session ")]
     assert summary["outcome"] == "relayed"
     assert summary["user"] == "alice"
-    assert summary["ssl"] == "TLSv1.3"
+    assert summary["ssl"] is True
+    assert summary["protocol"] == "TLSv1.3"
     assert summary["bytes_up"] == len(ALICE) + 3
     assert summary["bytes_down"] == 5
 
 
 def test_summary_of_a_refused_session_says_why(tmp_path: Path, pki: Pki) -> None:
-    """A refused session's summary outcome is the message the client got."""
+    """A refused session's summary: outcome refused, detail the message the client got."""
     door = make_door(tmp_path, pki, ssl=False, settings=["max_connections = 1"])
     door.factory.sessions = 1
     conn = door.connect()
@@ -1053,7 +1054,8 @@ def test_summary_of_a_refused_session_says_why(tmp_path: Path, pki: Pki) -> None
         conn.send(ALICE)
         conn.lost()
     (summary,) = [e for e in events if e["log_format"].startswith("session ")]
-    assert summary["outcome"] == "sorry, too many clients already"
+    assert summary["outcome"] == "refused"
+    assert summary["detail"] == "sorry, too many clients already"
 
 
 def test_handshake_failure_is_logged_with_openssl_reason(door: Door) -> None:
@@ -1212,3 +1214,95 @@ def test_plaintext_session_through_iosim(plain_door: Door) -> None:
     client_pump.flush()
     assert client.lost
     assert plain_door.factory.sessions == 0
+
+
+# -- shutdown ----------------------------------------------------------------
+
+ADMIN_SHUTDOWN = ("57P01", "terminating connection due to administrator command")
+
+
+def test_connections_are_registered_until_lost(door: Door) -> None:
+    """Every client connection is in factory.connections from connectionMade to connectionLost."""
+    first, second = door.connect(), door.connect()
+    assert door.factory.connections == {first.protocol, second.protocol}
+    first.lost()
+    assert door.factory.connections == {second.protocol}
+
+
+def test_when_idle_fires_when_the_last_connection_goes(door: Door) -> None:
+    """when_idle() fires at once without connections, else when the last one is lost."""
+    fired: list[object] = []
+    door.factory.when_idle().addCallback(fired.append)
+    assert fired == [None]
+    first, second = door.connect(), door.connect()
+    door.factory.when_idle().addCallback(fired.append)
+    first.lost()
+    assert fired == [None]
+    second.lost()
+    assert fired == [None, None]
+
+
+def test_shutting_down_refuses_a_startup_with_57p03(door: Door) -> None:
+    """
+    While shutting down, a StartupMessage (after SSL negotiation, as in
+    PostgreSQL) gets FATAL 57P03 `the database system is shutting down`;
+    nothing reaches the upstream.
+    """
+    door.factory.shutting_down = True
+    conn = tls_session(door)
+    conn.send(ALICE)
+    fields = fatal(conn.answer())
+    assert (fields["C"], fields["M"]) == ("57P03", "the database system is shutting down")
+    assert conn.socket_closed
+    assert door.reactor.tcpClients == []
+
+
+def test_terminate_a_relayed_session(door: Door) -> None:
+    """
+    terminate() stops the upstream leg (both producers unregistered, upstream
+    closed) and then writes FATAL 57P01 to the client, once; the upstream's
+    later close does not touch the client again.
+    """
+    conn, upstream = relayed_session(door)
+    upstream.send(b"Z\x00\x00\x00\x05I")
+    conn.take()
+    conn.protocol.terminate()
+    fields = fatal(conn.answer())
+    assert (fields["C"], fields["M"]) == ADMIN_SHUTDOWN
+    assert conn.transport.producer is None
+    assert upstream.transport.producer is None
+    assert upstream.transport.disconnecting
+    assert conn.closed and conn.socket_closed
+    answer = conn.answer()
+    upstream.lost()
+    conn.protocol.terminate()
+    assert conn.answer() == answer
+    conn.lost()
+    assert door.factory.sessions == 0
+    assert door.factory.connections == set()
+
+
+def test_terminate_while_connecting_upstream(door: Door) -> None:
+    """Admitted but the upstream not yet connected: FATAL 57P01, and the attempt is cancelled."""
+    conn = tls_session(door)
+    conn.send(ALICE)
+    assert conn.protocol.phase is Phase.CONNECTING
+    conn.protocol.terminate()
+    fields = fatal(conn.answer())
+    assert (fields["C"], fields["M"]) == ADMIN_SHUTDOWN
+    conn.lost()
+    assert door.reactor.connectors[-1].stoppedConnecting
+
+
+@pytest.mark.parametrize("step", ["connected", "ssl_request", "handshake"])
+def test_terminate_before_the_startup_closes_silently(door: Door, step: str) -> None:
+    """A connection still negotiating is closed without a message, as a backend exits quietly."""
+    conn = door.connect()
+    if step != "connected":
+        conn.send(wire.ssl_request())
+        conn.take()
+    if step == "handshake":
+        conn.handshake()
+    conn.protocol.terminate()
+    assert conn.answer() == b""
+    assert conn.socket_closed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,29 @@ from typing import Any
 import pytest
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python import usage
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pgtls import certs, wire
 from pgtls.conf import Settings
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.loader import StartupError, load_server_config
-from pgtls.service import ListenService, Options, ReloadService, listen_descriptions, makeService
+from pgtls.sdnotify import Notifier
+from pgtls.service import (
+    ListenService,
+    NotifyService,
+    Options,
+    ReloadService,
+    ShutdownService,
+    inherited_descriptions,
+    listen_descriptions,
+    makeService,
+)
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 
@@ -206,14 +218,25 @@ def test_unresolvable_name_is_a_startup_error(monkeypatch: pytest.MonkeyPatch) -
 # -- makeService -------------------------------------------------------------
 
 
-def test_make_service(datadir: Path) -> None:
-    """makeService: a MultiService of the listening service and the reload service, one factory."""
+def test_make_service(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    makeService: a MultiService of the listening, reload, notify and shutdown
+    services, sharing one factory; without NOTIFY_SOCKET nothing is notified,
+    without LISTEN_FDNAMES nothing was passed by systemd.
+    """
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
     top = makeService(parse(["-D", str(datadir), "-c", "log_connections=on", "-p", "6543"]))
     assert isinstance(top, MultiService)
-    listen, reload = list(top)
+    listen, reload, notify, shutdown = list(top)[:4]
     assert isinstance(listen, ListenService)
     assert isinstance(reload, ReloadService)
-    assert listen.factory is reload.factory
+    assert isinstance(notify, NotifyService)
+    assert isinstance(shutdown, ShutdownService)
+    assert listen.factory is reload.factory is notify.factory is shutdown.factory
+    assert reload.notify is shutdown.notify is notify
+    assert listen.inherited == []
+    assert not notify.notifier.enabled
     settings = listen.factory.settings
     assert settings.data_directory == str(datadir)
     assert settings.log_connections is True
@@ -221,6 +244,16 @@ def test_make_service(datadir: Path) -> None:
     assert listen.factory.tls is not None
     assert reload.overrides == {"log_connections": "on", "port": "6543"}
     assert listen.ports == []  # nothing bound before privilegedStartService
+
+
+def test_make_service_notifies_systemd_when_asked(
+    datadir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With NOTIFY_SOCKET set ('@' = abstract namespace), the notify service sends there."""
+    monkeypatch.setenv("NOTIFY_SOCKET", "@pgtls-test")
+    top = makeService(parse(["-D", str(datadir)]))
+    (notify,) = [service for service in top if isinstance(service, NotifyService)]
+    assert notify.notifier.address == b"\0pgtls-test"
 
 
 def test_make_service_logs_rule_warnings_and_notices(
@@ -568,3 +601,502 @@ def test_sighup_handler_reloads_in_the_reactor_thread(datadir: Path) -> None:
     assert reactor.calls == [service.reload]
     service.stopService()
     assert signal.getsignal(signal.SIGHUP) is before
+
+
+# -- socket activation -------------------------------------------------------
+
+
+def listening_socket(family: socket.AddressFamily = socket.AF_INET) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.fixture
+def passed_sockets(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """
+    Make sockets look passed by systemd: Twisted's systemd endpoint holds
+    what it read from LISTEN_FDS when it was imported; LISTEN_FDNAMES stays
+    in the environment.
+    """
+    from twisted.internet.endpoints import _SystemdParser
+    from twisted.python.systemd import ListenFDs
+
+    def pass_sockets(*socks: socket.socket | int, names: Sequence[str]) -> None:
+        fds = [s if isinstance(s, int) else s.fileno() for s in socks]
+        monkeypatch.setattr(_SystemdParser, "_sddaemon", ListenFDs(fds, list(names)))
+        monkeypatch.setenv("LISTEN_FDNAMES", ":".join(names))
+
+    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+    return pass_sockets
+
+
+def test_no_passed_sockets(passed_sockets: Callable[..., None]) -> None:
+    """Without LISTEN_FDNAMES nothing was passed: bind listen_addresses as usual."""
+    assert inherited_descriptions(MemoryReactor()) == []
+
+
+def test_passed_sockets_meant_for_another_process(
+    passed_sockets: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LISTEN_FDNAMES inherited, but LISTEN_PID was not ours (Twisted holds none): none are ours."""
+    from twisted.internet.endpoints import _SystemdParser
+    from twisted.python.systemd import ListenFDs
+
+    monkeypatch.setenv("LISTEN_FDNAMES", "pgtls")
+    monkeypatch.setattr(_SystemdParser, "_sddaemon", ListenFDs([], ()))
+    assert inherited_descriptions(MemoryReactor()) == []
+
+
+def test_passed_sockets_keep_their_family(passed_sockets: Callable[..., None]) -> None:
+    """Each passed socket becomes a systemd: endpoint with its own family, in systemd's order."""
+    with listening_socket() as v4, listening_socket(socket.AF_INET6) as v6:
+        passed_sockets(v4, v6, names=["pgtls", "pgtls"])
+        assert inherited_descriptions(MemoryReactor()) == [
+            "systemd:domain=INET:index=0",
+            "systemd:domain=INET6:index=1",
+        ]
+        # The descriptors stay open for the listening service.
+        assert v4.getsockname()[1] > 0 and v6.getsockname()[1] > 0
+
+
+def test_passed_udp_socket_is_a_startup_error(passed_sockets: Callable[..., None]) -> None:
+    """A datagram socket (ListenDatagram=) cannot serve PostgreSQL: a StartupError naming it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        passed_sockets(udp, names=["pgtls"])
+        with pytest.raises(StartupError, match=r'socket 0 \("pgtls"\) .* is not a TCP socket'):
+            inherited_descriptions(MemoryReactor())
+
+
+def test_passed_unix_socket_is_a_startup_error(
+    passed_sockets: Callable[..., None], tmp_path: Path
+) -> None:
+    """A Unix stream socket (ListenStream=/path) is refused: pg_hba.conf here has no local lines."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        unix.bind(str(tmp_path / "s"))
+        unix.listen()
+        passed_sockets(unix, names=["pgtls"])
+        with pytest.raises(StartupError, match="is not a TCP socket"):
+            inherited_descriptions(MemoryReactor())
+
+
+def test_passed_connected_socket_is_a_startup_error(passed_sockets: Callable[..., None]) -> None:
+    """A socket that does not listen (a unit with Accept=yes) is refused with the fix."""
+    with socket.socket() as unbound:
+        passed_sockets(unbound, names=["pgtls"])
+        with pytest.raises(
+            StartupError, match=r"is not listening \(the socket unit needs Accept=no\)"
+        ):
+            inherited_descriptions(MemoryReactor())
+
+
+def test_listen_service_adopts_passed_sockets(
+    tmp_path: Path, passed_sockets: Callable[..., None]
+) -> None:
+    """With passed sockets, each is adopted with its family and listen_addresses is not bound."""
+    # Detached: the endpoint closes each descriptor once it is adopted.
+    fds = [listening_socket().detach(), listening_socket(socket.AF_INET6).detach()]
+    passed_sockets(*fds, names=["pgtls", "pgtls"])
+    reactor = MemoryReactor()
+    settings = Settings(data_directory=str(tmp_path), listen_addresses="127.0.0.1", port=5432)
+    factory = FrontDoorFactory(settings, None, None, reactor)  # type: ignore[arg-type]
+    service = ListenService(reactor, factory, inherited_descriptions(reactor))
+    with capturedLogs() as events:
+        service.privilegedStartService()
+    assert reactor.adoptedPorts == [
+        (fds[0], socket.AF_INET, factory),
+        (fds[1], socket.AF_INET6, factory),
+    ]
+    assert reactor.tcpServers == []
+    assert len(service.ports) == 2
+    assert texts(events)[0] == (
+        "using the 2 socket(s) passed by systemd; listen_addresses and port are not used"
+    )
+
+
+# -- NotifyService -----------------------------------------------------------
+
+
+class Received:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+
+    def messages(self) -> list[dict[str, str]]:
+        """Every notification received since last asked, as dictionaries."""
+        got: list[dict[str, str]] = []
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return got
+            got.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def received(tmp_path: Path) -> Iterator[Received]:
+    listener = Received(tmp_path / "notify")
+    yield listener
+    listener.close()
+
+
+class ServerReactor(MemoryReactorClock):
+    """A MemoryReactorClock that runs its when-running hooks on demand and counts stop()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stops = 0
+        self.from_thread: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def start_running(self) -> None:
+        self.running = True
+        for hook, args, kwargs in self.whenRunningHooks:
+            hook(*args, **kwargs)
+
+    def stop(self) -> None:
+        self.stops += 1
+
+    def callFromThread(self, function: Callable[..., object], *args: object) -> None:
+        self.from_thread.append((function, args))
+
+
+class Server:
+    """A factory from a data directory, its notify and shutdown services, and its clients."""
+
+    def __init__(
+        self, datadir: Path, notifier: Notifier | None = None, *, grace: float = 5.0
+    ) -> None:
+        config = load_server_config(str(datadir))
+        self.reactor = ServerReactor()
+        self.factory = FrontDoorFactory(config.settings, config.rules, config.tls, self.reactor)
+        self.notify = NotifyService(self.reactor, self.factory, notifier or Notifier(None))
+        self.shutdown = ShutdownService(self.reactor, self.factory, self.notify, grace=grace)
+
+    def start(self) -> None:
+        self.notify.startService()
+        self.shutdown.startService()
+        self.reactor.start_running()
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        """A new plaintext client connection."""
+        protocol = self.factory.buildProtocol(CLIENT)
+        transport = StringTransport(peerAddress=CLIENT)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def session(self) -> tuple[Any, StringTransport, StringTransport]:
+        """A client relayed to a fake upstream: its protocol, client and upstream transports."""
+        protocol, client = self.connect()
+        protocol.dataReceived(ALICE)
+        _address, factory, _timeout, _check = self.reactor.unixClients[-1]
+        upstream = StringTransport()
+        factory.buildProtocol(None).makeConnection(upstream)
+        assert upstream.value() == ALICE
+        return protocol, client, upstream
+
+
+def lose(protocol: Any) -> None:
+    """The reactor reports the client connection closed."""
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_notify_ready_once_running_then_status_when_it_changes(
+    datadir: Path, received: Received
+) -> None:
+    """
+    READY=1 with a STATUS line is sent once the reactor runs (not at
+    startService); then STATUS= again only when the session count changed.
+    """
+    server = Server(datadir, Notifier(received.path))
+    server.notify.startService()
+    assert received.messages() == []
+    server.reactor.start_running()
+    assert received.messages() == [
+        {"READY": "1", "STATUS": "ready to accept connections; 0 sessions"}
+    ]
+    server.reactor.advance(1.0)
+    assert received.messages() == []
+    protocol, _client, _upstream = server.session()
+    server.reactor.advance(1.0)
+    assert received.messages() == [{"STATUS": "ready to accept connections; 1 session"}]
+    lose(protocol)
+    server.reactor.advance(1.0)
+    assert received.messages() == [{"STATUS": "ready to accept connections; 0 sessions"}]
+    server.notify.stopService()
+    assert server.reactor.getDelayedCalls() == []
+
+
+def test_notify_reload_and_stopping(datadir: Path, received: Received) -> None:
+    """
+    A reload sends RELOADING=1 with MONOTONIC_USEC, then READY=1; a shutdown
+    STOPPING=1; after it, a reload no longer says READY=1.
+    """
+    server = Server(datadir, Notifier(received.path))
+    reload = ReloadService(server.reactor, server.factory, {}, server.notify)
+    server.start()
+    received.messages()
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    reload.reload()
+    reloading, ready = received.messages()
+    assert reloading.keys() == {"RELOADING", "MONOTONIC_USEC"}
+    assert reloading["RELOADING"] == "1"
+    assert before <= int(reloading["MONOTONIC_USEC"]) <= time.monotonic_ns() // 1000
+    assert ready == {"READY": "1", "STATUS": "ready to accept connections; 0 sessions"}
+    server.shutdown.request("smart")
+    assert received.messages() == [{"STOPPING": "1", "STATUS": "shutting down; 0 connections left"}]
+    reload.reload()
+    assert received.messages() == []
+
+
+def test_reload_that_fails_still_says_ready(datadir: Path, received: Received) -> None:
+    """A reload whose files do not parse changes nothing, and is still followed by READY=1."""
+    server = Server(datadir, Notifier(received.path))
+    reload = ReloadService(server.reactor, server.factory, {}, server.notify)
+    server.start()
+    received.messages()
+    (datadir / "postgresql.conf").write_text("ssl = maybe\n")
+    (datadir / "pg_hba.conf").write_text("host all\n")
+    reload.reload()
+    assert [sorted(m) for m in received.messages()] == [
+        ["MONOTONIC_USEC", "RELOADING"],
+        ["READY", "STATUS"],
+    ]
+
+
+def test_notify_without_notify_socket_does_nothing(datadir: Path) -> None:
+    """Without NOTIFY_SOCKET: no when-running hook, no timer, and every call is a no-op."""
+    server = Server(datadir)
+    server.notify.startService()
+    server.reactor.start_running()
+    server.notify.reloading()
+    server.notify.reloaded()
+    server.notify.stopping()
+    assert server.reactor.whenRunningHooks == []
+    assert server.reactor.getDelayedCalls() == []
+    assert server.notify.status is None
+
+
+# -- ShutdownService ---------------------------------------------------------
+
+
+@pytest.fixture
+def shutdown_signals_restored() -> Iterator[None]:
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def fatal(data: bytes) -> tuple[str, str]:
+    """SQLSTATE and message of the one FATAL ErrorResponse that ``data`` ends with."""
+    fields = wire.parse_error_response(data[data.rindex(b"E") :])
+    assert fields["S"] == "FATAL"
+    return fields["C"], fields["M"]
+
+
+@pytest.mark.usefixtures("shutdown_signals_restored")
+def test_shutdown_signal_handlers_go_in_once_the_reactor_runs(datadir: Path) -> None:
+    """
+    SIGTERM and SIGINT are taken over once the reactor runs (it installs its
+    own when it starts); each hands its shutdown mode to the reactor thread.
+    """
+    server = Server(datadir)
+    before = signal.getsignal(signal.SIGTERM)
+    server.shutdown.startService()
+    assert signal.getsignal(signal.SIGTERM) is before
+    server.reactor.start_running()
+    term, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert callable(term) and callable(interrupt)
+    term(signal.SIGTERM, None)
+    interrupt(signal.SIGINT, None)
+    assert server.reactor.from_thread == [
+        (server.shutdown.request, ("smart",)),
+        (server.shutdown.request, ("fast",)),
+    ]
+
+
+def test_smart_shutdown_without_connections_stops_at_once(datadir: Path) -> None:
+    """SIGTERM with no connection: logged as PostgreSQL logs it, and the reactor stops."""
+    server = Server(datadir)
+    server.start()
+    with capturedLogs() as events:
+        server.shutdown.request("smart")
+    assert texts(events) == ["received smart shutdown request"]
+    assert server.reactor.stops == 1
+    assert server.factory.shutting_down
+
+
+def test_smart_shutdown_waits_for_the_session_and_refuses_new_ones(datadir: Path) -> None:
+    """
+    SIGTERM: the open session goes on relaying; a new client gets FATAL 57P03
+    `the database system is shutting down` after its StartupMessage; the
+    reactor stops when the session ends.
+    """
+    server = Server(datadir)
+    server.start()
+    protocol, client, upstream = server.session()
+    with capturedLogs() as events:
+        server.shutdown.request("smart")
+    assert texts(events) == [
+        "received smart shutdown request",
+        "waiting for 1 connection(s) to end (at most 30s)",
+    ]
+    assert server.reactor.stops == 0
+    protocol.dataReceived(b"Q\x00\x00\x00\x0dselect 1\x00")
+    assert upstream.value().endswith(b"select 1\x00")
+    late, late_client = server.connect()
+    late.dataReceived(ALICE)
+    assert fatal(late_client.value()) == ("57P03", "the database system is shutting down")
+    assert late_client.disconnecting
+    lose(late)
+    assert server.reactor.stops == 0
+    server.shutdown.request("smart")  # a second SIGTERM changes nothing
+    assert server.reactor.stops == 0 and not client.disconnecting
+    lose(protocol)
+    assert server.reactor.stops == 1
+
+
+def test_smart_shutdown_still_forwards_cancel_requests(datadir: Path) -> None:
+    """During a smart shutdown a CancelRequest is forwarded, as PostgreSQL still takes them."""
+    server = Server(datadir)
+    server.start()
+    server.session()
+    server.shutdown.request("smart")
+    canceller, _transport = server.connect()
+    canceller.dataReceived(wire.cancel_request(1234, 5678))
+    assert len(server.reactor.unixClients) == 2
+
+
+def test_smart_shutdown_timeout_terminates_what_is_left(datadir: Path) -> None:
+    """When pgtls.smart_shutdown_timeout expires, the open sessions get FATAL 57P01 and close."""
+    (datadir / "postgresql.conf").write_text("ssl = on\npgtls.smart_shutdown_timeout = 10s\n")
+    server = Server(datadir)
+    server.start()
+    protocol, client, upstream = server.session()
+    server.shutdown.request("smart")
+    server.reactor.advance(9.9)
+    assert client.value() == b""
+    with capturedLogs() as events:
+        server.reactor.advance(0.1)
+    assert texts(events) == [
+        "pgtls.smart_shutdown_timeout expired with 1 connection(s) open: "
+        "terminating them as in a fast shutdown"
+    ]
+    assert fatal(client.value()) == (
+        "57P01",
+        "terminating connection due to administrator command",
+    )
+    assert client.disconnecting and upstream.disconnecting
+    lose(protocol)
+    assert server.reactor.stops == 1
+
+
+def test_smart_shutdown_timeout_zero_waits_without_limit(datadir: Path) -> None:
+    """pgtls.smart_shutdown_timeout = 0: no limit, no timer."""
+    (datadir / "postgresql.conf").write_text("ssl = on\npgtls.smart_shutdown_timeout = 0\n")
+    server = Server(datadir)
+    server.start()
+    server.session()
+    with capturedLogs() as events:
+        server.shutdown.request("smart")
+    assert texts(events)[-1] == "waiting for 1 connection(s) to end"
+    assert server.reactor.getDelayedCalls() == []
+    server.reactor.advance(3600)
+    assert server.reactor.stops == 0
+
+
+def test_fast_shutdown_terminates_every_session(datadir: Path) -> None:
+    """
+    SIGINT: logged as PostgreSQL logs it; each relayed session has its
+    upstream leg closed (producers unregistered) and gets FATAL 57P01; a
+    client still negotiating is closed without a message.
+    """
+    server = Server(datadir)
+    server.start()
+    protocol, client, upstream = server.session()
+    upstream_protocol = protocol.upstream
+    upstream_protocol.dataReceived(b"Z\x00\x00\x00\x05I")
+    idle, idle_client = server.connect()
+    with capturedLogs() as events:
+        server.shutdown.request("fast")
+    assert texts(events) == ["received fast shutdown request", "aborting any active transactions"]
+    assert client.value().startswith(b"Z\x00\x00\x00\x05I")
+    assert fatal(client.value()) == ("57P01", "terminating connection due to administrator command")
+    assert client.producer is None and upstream.producer is None
+    assert upstream.disconnecting and client.disconnecting
+    assert idle_client.value() == b"" and idle_client.disconnecting
+    lose(idle)
+    assert server.reactor.stops == 0
+    lose(protocol)
+    upstream_protocol.connectionLost(Failure(ConnectionDone()))
+    assert server.reactor.stops == 1
+
+
+def test_fast_shutdown_aborts_connections_that_do_not_close(datadir: Path) -> None:
+    """A client that does not let its connection close within the grace period is aborted."""
+    server = Server(datadir, grace=2.0)
+    server.start()
+    protocol, client, _upstream = server.session()
+    server.shutdown.request("fast")
+    assert not client.disconnected
+    with capturedLogs() as events:
+        server.reactor.advance(2.0)
+    assert texts(events) == ["1 connection(s) did not close within 2.0s: aborting them"]
+    assert client.disconnected
+    lose(protocol)
+    assert server.reactor.stops == 1
+
+
+def test_fast_request_during_a_smart_shutdown(datadir: Path) -> None:
+    """SIGINT during a smart shutdown makes it fast; a SIGTERM after that changes nothing."""
+    server = Server(datadir)
+    server.start()
+    protocol, client, _upstream = server.session()
+    server.shutdown.request("smart")
+    with capturedLogs() as events:
+        server.shutdown.request("fast")
+        server.shutdown.request("smart")
+    assert texts(events) == ["received fast shutdown request", "aborting any active transactions"]
+    assert fatal(client.value())[0] == "57P01"
+    lose(protocol)
+    assert server.reactor.stops == 1
+    # The smart timer is gone with the fast shutdown; only the grace timer was left, cancelled.
+    assert server.reactor.getDelayedCalls() == []
+
+
+def test_stop_service_without_a_signal_is_a_fast_shutdown(datadir: Path) -> None:
+    """
+    The reactor stopped some other way: stopService ends the sessions as a
+    fast shutdown would and returns a Deferred that fires once they are gone.
+    """
+    server = Server(datadir)
+    server.start()
+    protocol, client, _upstream = server.session()
+    done = server.shutdown.stopService()
+    assert fatal(client.value())[0] == "57P01"
+    result: list[object] = []
+    done.addCallback(result.append)
+    assert result == []
+    lose(protocol)
+    assert result == [None]
+    assert server.reactor.stops == 0  # the reactor is already stopping
+    assert server.reactor.getDelayedCalls() == []
+
+
+def test_stop_service_after_a_shutdown_has_nothing_to_wait_for(datadir: Path) -> None:
+    """After our own shutdown stopped the reactor, stopService finds no connection left."""
+    server = Server(datadir)
+    server.start()
+    server.shutdown.request("smart")
+    result: list[object] = []
+    server.shutdown.stopService().addCallback(result.append)
+    assert result == [None]
+    assert server.reactor.stops == 1

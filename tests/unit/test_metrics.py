@@ -1,0 +1,498 @@
+"""
+Tests for pgtls.metrics: the counters a FrontDoorFactory keeps, driven with
+the front door harness of test_frontdoor (fake transports, a
+MemoryReactorClock), and the service that serves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+from test_frontdoor import (
+    ALICE,
+    CANCEL,
+    CLIENT,
+    HELLO,
+    TLS13,
+    Door,
+    Pki,
+    make_door,
+    relayed_session,
+    tls_session,
+    write_datadir,
+)
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.testing import MemoryReactor
+from twisted.web.server import Site
+from twisted.web.wsgi import WSGIResource
+
+from pgtls import certs, wire
+from pgtls.conf import Settings
+from pgtls.hba import ClientCert, Refusal
+from pgtls.loader import StartupError
+from pgtls.metrics import (
+    ENCRYPTIONS,
+    OUTCOMES,
+    REFUSAL_REASONS,
+    Metrics,
+    MetricsService,
+    metrics_service,
+    refusal_reason,
+)
+from pgtls.service import Options, makeService
+from pgtls.tlsctx import TLSInfo
+
+CIPHER = TLS13.cipher
+
+
+def metered(door: Door) -> Metrics:
+    """Give the door's factory a fresh Metrics, as makeService does with metrics on."""
+    metrics = Metrics()
+    door.factory.metrics = metrics
+    return metrics
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def sessions(metrics: Metrics, outcome: str, encryption: str) -> float | None:
+    return sample(metrics, "pgtls_sessions_total", outcome=outcome, encryption=encryption)
+
+
+def only_session(metrics: Metrics) -> tuple[str, str]:
+    """The one (outcome, encryption) counted so far; fails if there is not exactly one."""
+    counted = [
+        (outcome, encryption)
+        for outcome in OUTCOMES
+        for encryption in ENCRYPTIONS
+        if sessions(metrics, outcome, encryption)
+    ]
+    assert len(counted) == 1, counted
+    assert sessions(metrics, *counted[0]) == 1
+    return counted[0]
+
+
+def refusals(metrics: Metrics) -> dict[str, float]:
+    """The refusal reasons counted so far, with their counts."""
+    return {
+        reason: value
+        for reason in REFUSAL_REASONS
+        if (value := sample(metrics, "pgtls_refusals_total", reason=reason))
+    }
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    ca = certs.make_ca("metrics test CA")
+    return Pki(ca, certs.issue_server_cert(ca, ["localhost"]))
+
+
+@pytest.fixture
+def door(tmp_path: Path, pki: Pki) -> Door:
+    """ssl = on, every IPv4 client trusted."""
+    return make_door(tmp_path, pki)
+
+
+@pytest.fixture
+def plain_door(tmp_path: Path, pki: Pki) -> Door:
+    """ssl = off, every IPv4 client trusted."""
+    return make_door(tmp_path, pki, ssl=False)
+
+
+# -- the counters ------------------------------------------------------------
+
+
+def test_every_fixed_label_starts_at_zero() -> None:
+    """Outcomes, encryptions, refusal reasons and directions are exported at 0 before any event."""
+    metrics = Metrics()
+    for outcome in OUTCOMES:
+        for encryption in ENCRYPTIONS:
+            assert sessions(metrics, outcome, encryption) == 0
+    for encryption in ENCRYPTIONS:
+        assert sample(metrics, "pgtls_sessions_active", encryption=encryption) == 0
+    for reason in REFUSAL_REASONS:
+        assert sample(metrics, "pgtls_refusals_total", reason=reason) == 0
+    for direction in ("up", "down"):
+        assert sample(metrics, "pgtls_relayed_bytes_total", direction=direction) == 0
+    assert sample(metrics, "pgtls_upstream_connect_seconds_count") == 0
+
+
+def test_each_metrics_has_its_own_registry() -> None:
+    """Two Metrics never share a value (each has a registry of its own)."""
+    first, second = Metrics(), Metrics()
+    first.session_admitted("ssl")
+    assert sample(first, "pgtls_sessions_active", encryption="ssl") == 1
+    assert sample(second, "pgtls_sessions_active", encryption="ssl") == 0
+
+
+def test_relayed_tls_session(door: Door) -> None:
+    """A TLS session: active while relayed, then one relayed/ssl session, TLS version and cipher."""
+    metrics = metered(door)
+    conn, upstream = relayed_session(door)
+    assert sample(metrics, "pgtls_sessions_active", encryption="ssl") == 1
+    assert sample(metrics, "pgtls_sessions_active", encryption="none") == 0
+    tls = {"version": "TLSv1.3", "cipher": CIPHER}
+    assert sample(metrics, "pgtls_tls_handshakes_total", **tls) == 1
+    assert sample(metrics, "pgtls_tls_connections_active", **tls) == 1
+    assert sessions(metrics, "relayed", "ssl") == 0  # counted when it ends
+    upstream.lost()
+    conn.lost()
+    assert only_session(metrics) == ("relayed", "ssl")
+    assert sample(metrics, "pgtls_sessions_active", encryption="ssl") == 0
+    assert sample(metrics, "pgtls_tls_connections_active", **tls) == 0
+    assert sample(metrics, "pgtls_tls_handshakes_total", **tls) == 1
+
+
+def test_relayed_plaintext_session(plain_door: Door) -> None:
+    """A plaintext session is counted with encryption none and no TLS series."""
+    metrics = metered(plain_door)
+    conn = plain_door.connect()
+    conn.send(ALICE)
+    plain_door.accept_upstream()
+    assert sample(metrics, "pgtls_sessions_active", encryption="none") == 1
+    conn.lost()
+    assert only_session(metrics) == ("relayed", "none")
+    assert sample(metrics, "pgtls_sessions_active", encryption="none") == 0
+    assert sample(metrics, "pgtls_tls_handshakes_total", version="TLSv1.3", cipher=CIPHER) is None
+
+
+def test_bytes_are_counted_when_the_session_ends(door: Door) -> None:
+    """
+    Bytes each way come from the relay's own counters at the session's end:
+    nothing is counted per chunk while relaying.
+    """
+    metrics = metered(door)
+    conn, upstream = relayed_session(door)
+    conn.send(b"abc")
+    upstream.send(b"defgh")
+    conn.send(b"ij")
+    assert sample(metrics, "pgtls_relayed_bytes_total", direction="up") == 0
+    assert sample(metrics, "pgtls_relayed_bytes_total", direction="down") == 0
+    conn.lost()
+    assert sample(metrics, "pgtls_relayed_bytes_total", direction="up") == len(ALICE) + 5
+    assert sample(metrics, "pgtls_relayed_bytes_total", direction="down") == 5
+
+
+def test_upstream_connect_time(door: Door) -> None:
+    """The time from admission to the upstream's accept goes into the histogram."""
+    metrics = metered(door)
+    conn = tls_session(door)
+    conn.send(ALICE)
+    door.reactor.advance(0.002)
+    door.accept_upstream()
+    name = "pgtls_upstream_connect_seconds"
+    assert sample(metrics, f"{name}_count") == 1
+    assert sample(metrics, f"{name}_sum") == pytest.approx(0.002)
+    assert sample(metrics, f"{name}_bucket", le="0.001") == 0
+    assert sample(metrics, f"{name}_bucket", le="0.0025") == 1
+
+
+def test_upstream_unavailable(door: Door) -> None:
+    """A refused upstream: outcome upstream_unavailable, no connect time, no active session left."""
+    metrics = metered(door)
+    conn = tls_session(door)
+    conn.send(ALICE)
+    assert sample(metrics, "pgtls_sessions_active", encryption="ssl") == 1
+    door.refuse_upstream()
+    conn.lost()
+    assert only_session(metrics) == ("upstream_unavailable", "ssl")
+    assert sample(metrics, "pgtls_sessions_active", encryption="ssl") == 0
+    assert sample(metrics, "pgtls_upstream_connect_seconds_count") == 0
+    assert refusals(metrics) == {}
+
+
+def test_client_leaving_while_connecting(door: Door) -> None:
+    """A client gone before the upstream answered: closed, and no longer active."""
+    metrics = metered(door)
+    conn = tls_session(door)
+    conn.send(ALICE)
+    conn.lost()
+    assert only_session(metrics) == ("closed", "ssl")
+    assert sample(metrics, "pgtls_sessions_active", encryption="ssl") == 0
+
+
+# -- refusals ----------------------------------------------------------------
+
+
+def test_no_hba_entry(tmp_path: Path, pki: Pki) -> None:
+    """No matching pg_hba.conf line: refused, reason no_hba_entry."""
+    door = make_door(tmp_path, pki, hba=["hostnossl all all 0.0.0.0/0 trust"])
+    metrics = metered(door)
+    conn = tls_session(door)
+    conn.send(ALICE)
+    conn.lost()
+    assert only_session(metrics) == ("refused", "ssl")
+    assert refusals(metrics) == {"no_hba_entry": 1}
+    assert sample(metrics, "pgtls_sessions_active", encryption="ssl") == 0
+
+
+def test_hba_reject(tmp_path: Path, pki: Pki) -> None:
+    """A reject line: refused, reason hba_reject."""
+    door = make_door(tmp_path, pki, ssl=False, hba=["host all all 0.0.0.0/0 reject"])
+    metrics = metered(door)
+    conn = door.connect()
+    conn.send(ALICE)
+    conn.lost()
+    assert only_session(metrics) == ("refused", "none")
+    assert refusals(metrics) == {"hba_reject": 1}
+
+
+def test_too_many_clients(tmp_path: Path, pki: Pki) -> None:
+    """max_connections reached: refused, reason too_many_clients; the active session stays."""
+    door = make_door(tmp_path, pki, ssl=False, settings=["max_connections = 1"])
+    metrics = metered(door)
+    first = door.connect()
+    first.send(ALICE)
+    door.accept_upstream()
+    second = door.connect()
+    second.send(ALICE)
+    second.lost()
+    assert only_session(metrics) == ("refused", "none")
+    assert refusals(metrics) == {"too_many_clients": 1}
+    assert sample(metrics, "pgtls_sessions_active", encryption="none") == 1
+    first.lost()
+    assert sample(metrics, "pgtls_sessions_active", encryption="none") == 0
+
+
+def test_required_client_cert_missing(tmp_path: Path, pki: Pki) -> None:
+    """root.crt without a client certificate: refused, reason client_cert_required."""
+    door = make_door(tmp_path, pki, client_ca=True)
+    metrics = metered(door)
+    conn = tls_session(door)
+    conn.send(ALICE)
+    conn.lost()
+    assert refusals(metrics) == {"client_cert_required": 1}
+
+
+def test_cert_name_mismatch(tmp_path: Path, pki: Pki) -> None:
+    """The cert method with a certificate for another user: refused, reason cert_auth_failed."""
+    door = make_door(tmp_path, pki, client_ca=True, hba=["hostssl all all 0.0.0.0/0 cert"])
+    door.tls_info = TLSInfo("TLSv1.3", CIPHER, 256, None, ClientCert("mallory", "CN=mallory"))
+    metrics = metered(door)
+    conn = tls_session(door)
+    conn.send(ALICE)
+    conn.lost()
+    assert refusals(metrics) == {"cert_auth_failed": 1}
+
+
+def test_direct_tls_without_alpn(door: Door) -> None:
+    """Direct TLS that chose no ALPN: refused, reason direct_ssl_no_alpn."""
+    door.tls_info = TLSInfo("TLSv1.3", CIPHER, 256, None, None)
+    metrics = metered(door)
+    conn = door.connect()
+    conn.send(HELLO)
+    conn.handshake()
+    conn.lost()
+    assert only_session(metrics) == ("refused", "ssl")
+    assert refusals(metrics) == {"direct_ssl_no_alpn": 1}
+
+
+def test_direct_tls_with_ssl_off(plain_door: Door) -> None:
+    """A ClientHello to ssl = off: refused, reason direct_ssl_off."""
+    metrics = metered(plain_door)
+    conn = plain_door.connect()
+    conn.send(HELLO)
+    conn.lost()
+    assert only_session(metrics) == ("refused", "none")
+    assert refusals(metrics) == {"direct_ssl_off": 1}
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "message", "reason"),
+    [
+        ("28000", 'no pg_hba.conf entry for host "h", user "u", database "d", …', "no_hba_entry"),
+        (
+            "28000",
+            'no pg_hba.conf entry for replication connection from host "h", …',
+            "no_hba_entry",
+        ),
+        ("28000", 'pg_hba.conf rejects connection for host "h", user "u", …', "hba_reject"),
+        ("28000", "connection requires a valid client certificate", "client_cert_required"),
+        (
+            "F0000",
+            "client certificates can only be checked if a root certificate …",
+            "client_ca_missing",
+        ),
+        ("28000", 'certificate authentication failed for user "u"', "cert_auth_failed"),
+        ("28P01", 'password authentication failed for user "u"', "cert_auth_failed"),
+    ],
+)
+def test_refusal_reason_words(sqlstate: str, message: str, reason: str) -> None:
+    """Each kind of pg_hba.conf refusal maps to its fixed word, never to the message."""
+    assert refusal_reason(Refusal(sqlstate, message, None)) == reason
+
+
+# -- the other endings -------------------------------------------------------
+
+
+def test_handshake_failure_by_openssl_reason(door: Door) -> None:
+    """A handshake that fails counts under OpenSSL's reason; the connection is handshake_failed."""
+    metrics = metered(door)
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    conn.lost(SSL.Error([("SSL routines", "", "certificate verify failed")]))
+    assert only_session(metrics) == ("handshake_failed", "ssl")
+    failures = "pgtls_handshake_failures_total"
+    assert sample(metrics, failures, reason="certificate verify failed") == 1
+    assert refusals(metrics) == {}
+
+
+def test_client_leaving_after_s_is_an_eof_handshake_failure(door: Door) -> None:
+    """A client that closes after S without a handshake: reason EOF detected."""
+    metrics = metered(door)
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    conn.lost()
+    assert sample(metrics, "pgtls_handshake_failures_total", reason="EOF detected") == 1
+
+
+def test_protocol_error(door: Door) -> None:
+    """A missing user (FATAL 28000 from the startup reader) is a protocol_error, not a refusal."""
+    metrics = metered(door)
+    conn = door.connect()
+    conn.send(wire.startup_message({"database": "app"}))
+    conn.lost()
+    assert only_session(metrics) == ("protocol_error", "none")
+    assert refusals(metrics) == {}
+
+
+def test_authentication_timeout(tmp_path: Path, pki: Pki) -> None:
+    """authentication_timeout: outcome timeout."""
+    door = make_door(tmp_path, pki, settings=["authentication_timeout = 1"])
+    metrics = metered(door)
+    conn = door.connect()
+    door.reactor.advance(1)
+    conn.lost()
+    assert only_session(metrics) == ("timeout", "none")
+
+
+def test_cancel(plain_door: Door) -> None:
+    """A CancelRequest: outcome cancel."""
+    metrics = metered(plain_door)
+    conn = plain_door.connect()
+    conn.send(CANCEL)
+    plain_door.accept_upstream().lost()
+    conn.lost()
+    assert only_session(metrics) == ("cancel", "none")
+
+
+def test_empty_connection(door: Door) -> None:
+    """A client that leaves without a byte: outcome closed."""
+    metrics = metered(door)
+    door.connect().lost()
+    assert only_session(metrics) == ("closed", "none")
+
+
+def test_no_metrics_by_default(door: Door) -> None:
+    """A factory built without metrics keeps none, and sessions run as before."""
+    assert door.factory.metrics is None
+    conn, upstream = relayed_session(door)
+    upstream.lost()
+    conn.lost()
+
+
+# -- the service -------------------------------------------------------------
+
+
+def test_metrics_service_off_by_default() -> None:
+    """pgtls.metrics_listen = '' (the default): no service."""
+    assert metrics_service(MemoryReactor(), Settings("/data")) is None
+
+
+def test_metrics_service_listens_on_its_endpoint() -> None:
+    """pgtls.metrics_listen is a server endpoint string, bound at privileged start."""
+    reactor = MemoryReactor()
+    service = metrics_service(
+        reactor, Settings("/data", metrics_listen="tcp:9187:interface=127.0.0.1")
+    )
+    assert service is not None
+    service.privilegedStartService()
+    ((port, factory, _backlog, interface),) = reactor.tcpServers
+    assert (port, interface) == (9187, "127.0.0.1")
+    assert isinstance(factory, Site)
+    # prometheus_client's Twisted resource is a WSGI application.
+    assert isinstance(factory.resource.getStaticEntity(b"metrics"), WSGIResource)
+    assert service.port is not None
+    service.startService()
+    stopping = service.stopService()
+    assert service.port is None
+    assert stopping.called
+
+
+@pytest.mark.parametrize("description", ["9187", "tcp:abc", "tcp:1:colour=blue", "bogus:1"])
+def test_bad_endpoint_string_stops_the_start(description: str) -> None:
+    """A value that is not an endpoint string is a start-up error naming the setting."""
+    with pytest.raises(StartupError) as raised:
+        metrics_service(MemoryReactor(), Settings("/data", metrics_listen=description))
+    assert str(raised.value).startswith(
+        f'invalid value for parameter "pgtls.metrics_listen": "{description}" ('
+    )
+
+
+class _Unbindable:
+    """A server endpoint whose listen() fails, as a port in use does."""
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
+        return defer.fail(CannotListenError("127.0.0.1", 9187, OSError("in use")))
+
+
+def test_unbindable_endpoint_stops_the_start() -> None:
+    """A port that cannot be bound stops pgtls with one line."""
+    service = MetricsService(MemoryReactor(), "tcp:9187", Metrics())
+    service.endpoint = _Unbindable()
+    with pytest.raises(SystemExit) as raised:
+        service.privilegedStartService()
+    assert str(raised.value).startswith("pgtls: could not listen for metrics on tcp:9187: ")
+
+
+def test_client_address_is_not_a_label(door: Door) -> None:
+    """No series carries the client's address, user or database (unbounded label values)."""
+    metrics = metered(door)
+    conn, upstream = relayed_session(door)
+    upstream.lost()
+    conn.lost()
+    for family in metrics.registry.collect():
+        for sample_ in family.samples:
+            values = set(sample_.labels.values())
+            assert not values & {str(CLIENT.host), "alice", "app"}, sample_
+
+
+def make_service(path: Path, pki: Pki, settings: Sequence[str]) -> MultiService:
+    datadir = write_datadir(path, pki, ssl=False, settings=settings)
+    options = Options()
+    options.parseOptions(["-D", datadir])
+    return makeService(options)
+
+
+def test_make_service_serves_metrics_when_asked(tmp_path: Path, pki: Pki) -> None:
+    """With pgtls.metrics_listen, makeService adds the metrics service, fed by the factory."""
+    top = make_service(tmp_path, pki, ["pgtls.metrics_listen = 'tcp:0:interface=127.0.0.1'"])
+    (service,) = [child for child in top if isinstance(child, MetricsService)]
+    factories = {getattr(child, "factory", None) for child in top} - {None}
+    assert [factory.metrics for factory in factories] == [service.metrics]
+
+
+def test_make_service_without_metrics(tmp_path: Path, pki: Pki) -> None:
+    """By default there is no metrics service and the factory keeps no metrics."""
+    top = make_service(tmp_path, pki, [])
+    assert not [child for child in top if isinstance(child, MetricsService)]
+    factories = {getattr(child, "factory", None) for child in top} - {None}
+    assert [factory.metrics for factory in factories] == [None]
+
+
+def test_make_service_bad_metrics_listen(tmp_path: Path, pki: Pki) -> None:
+    """A bad pgtls.metrics_listen stops the start with one pgtls line."""
+    with pytest.raises(SystemExit) as raised:
+        make_service(tmp_path, pki, ["pgtls.metrics_listen = 'tcp:http'"])
+    assert raised.value.code == (
+        'pgtls: invalid value for parameter "pgtls.metrics_listen": "tcp:http" '
+        "(invalid literal for int() with base 10: 'http')"
+    )

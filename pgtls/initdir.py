@@ -313,7 +313,8 @@ _SECTIONS: tuple[tuple[str, tuple[_Setting, ...]], ...] = (
                 conf_quote(""),
                 "A command that prints the passphrase of an encrypted ssl_key_file;\n"
                 "%p stands for the prompt.  Empty: pgtls asks on its terminal at start.\n"
-                "For a systemd service: '/bin/systemd-ask-password \"%p\"'.",
+                "For a systemd service, see etc/pgtls.service: 'systemd-ask-password\n"
+                '--credential=pgtls.passphrase "%p"\'.',
             ),
         ),
     ),
@@ -349,6 +350,19 @@ _SECTIONS: tuple[tuple[str, tuple[_Setting, ...]], ...] = (
                 "When ssl_ca_file exists: 'required' refuses an SSL client that presents\n"
                 "no certificate (PostgreSQL 8.2's rule); 'optional' admits it and leaves\n"
                 "certificates to pg_hba.conf's cert method and clientcert option.",
+            ),
+            _Setting(
+                "pgtls.smart_shutdown_timeout",
+                "30s",
+                "After SIGTERM (smart shutdown) pgtls stops admitting sessions and waits\n"
+                "this long for open ones to end before it closes them; 0 waits forever.\n"
+                "SIGINT (fast shutdown) closes them at once.",
+            ),
+            _Setting(
+                "pgtls.metrics_listen",
+                conf_quote(""),
+                "An endpoint for Prometheus metrics at /metrics, e.g.\n"
+                "'tcp:9187:interface=127.0.0.1'; empty means off.",
             ),
         ),
     ),

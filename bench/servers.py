@@ -160,7 +160,7 @@ def start_postgres(cert: Path, key: Path, scale: int) -> PostgresServer:
     try:
         server.start()
         server.psql(f"CREATE DATABASE {BENCH_DB}")
-        _run_checked(
+        run_checked(
             [
                 str(server.bindir / "pgbench"),
                 "--initialize",
@@ -185,7 +185,8 @@ def postmaster_pid(server: PostgresServer) -> int:
     return int(first_line)
 
 
-def _run_checked(argv: list[str], *, timeout: float) -> str:
+def run_checked(argv: list[str], *, timeout: float) -> str:
+    """Run a client program; its stdout, or BenchError with what it said."""
     try:
         result = subprocess.run(
             argv,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from servers import BENCH_DB, BENCH_USER, BenchError, Target, client_env
+from servers import BENCH_DB, BENCH_USER, BenchError, Target, client_env, run_checked
 
 __all__ = [
     "COPY_ROW_BYTES",
@@ -95,32 +95,11 @@ def pgbench_rate(
     if connect:
         argv.append("--connect")
     argv.append(BENCH_DB)
-    output = _run(argv, timeout=duration + _CLIENT_TIMEOUT_MARGIN)
+    output = run_checked(argv, timeout=duration + _CLIENT_TIMEOUT_MARGIN)
     match = _TPS.search(output)
     if match is None or float(match.group(1)) <= 0:
         raise BenchError(f"pgbench reported no tps against {target.name}:\n{output}")
     return float(match.group(1))
-
-
-def _run(argv: list[str], *, timeout: float) -> str:
-    try:
-        result = subprocess.run(
-            argv,
-            env=client_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"{Path(argv[0]).name}: timed out after {timeout:.0f} s") from e
-    if result.returncode != 0:
-        raise BenchError(
-            f"{Path(argv[0]).name} failed ({result.returncode}): "
-            f"{(result.stdout + result.stderr).strip()}"
-        )
-    return result.stdout
 
 
 # -- W3 -------------------------------------------------------------------
@@ -369,7 +348,7 @@ def tls_description(bindir: Path, target: Target) -> str:
     :raises BenchError: when psql fails or the session is not TLS.
     """
     argv = [str(bindir / "psql"), "--no-psqlrc", "--command=\\conninfo", target.conninfo()]
-    output = _run(argv, timeout=30)
+    output = run_checked(argv, timeout=30)
     match = _SSL_LINE.search(output)
     if match is None:
         raise BenchError(f"psql's session to {target.name} is not TLS:\n{output}")

@@ -35,10 +35,10 @@ def test_unbindable_address_is_skipped(pgtls) -> None:
     assert "could not bind tcp:" in server.log_text()
 
 
-def test_no_address_binds(pgtls) -> None:
-    """When nothing binds, pgtls refuses to start with PostgreSQL's one line."""
+def _run_to_exit(pgtls, setting: str) -> tuple[int, str]:
+    """Start pgtls with ``setting``, expecting it to refuse; its exit code and output."""
     port = free_port()
-    datadir = pgtls.datadir(port=port, settings=["listen_addresses = '192.0.2.1'"])
+    datadir = pgtls.datadir(port=port, settings=[setting])
     proc = subprocess.run(
         PgtlsServer(datadir, port).command(),
         capture_output=True,
@@ -46,25 +46,22 @@ def test_no_address_binds(pgtls) -> None:
         timeout=30,
         stdin=subprocess.DEVNULL,
     )
-    assert proc.returncode == 1
     # twistd sends stderr to its log file once logging has started.
-    log = (datadir / "pgtls.log").read_text()
-    assert "pgtls: could not create any TCP/IP sockets" in proc.stdout + proc.stderr + log
-    assert "Traceback" not in proc.stdout + proc.stderr + log
+    log = datadir / "pgtls.log"
+    return proc.returncode, proc.stdout + proc.stderr + (log.read_text() if log.exists() else "")
+
+
+def test_no_address_binds(pgtls) -> None:
+    """When nothing binds, pgtls refuses to start with PostgreSQL's one line."""
+    code, out = _run_to_exit(pgtls, "listen_addresses = '192.0.2.1'")
+    assert code == 1
+    assert "pgtls: could not create any TCP/IP sockets" in out
+    assert "Traceback" not in out
 
 
 def test_bad_host_name_refuses_start(pgtls) -> None:
     """A listen_addresses name that does not resolve stops the start, naming it."""
-    port = free_port()
-    datadir = pgtls.datadir(port=port, settings=["listen_addresses = 'no-such-host.invalid'"])
-    proc = subprocess.run(
-        PgtlsServer(datadir, port).command(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 1
-    out = proc.stdout + proc.stderr
+    code, out = _run_to_exit(pgtls, "listen_addresses = 'no-such-host.invalid'")
+    assert code == 1
     assert 'pgtls: listen_addresses: could not translate host name "no-such-host.invalid"' in out
     assert "Traceback" not in out

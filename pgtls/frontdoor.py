@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from pgtls import hba, wire
 from pgtls.conf import Settings
+from pgtls.fastwrite import relay_write
 from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
 from pgtls.relay import (
     QuietFactory,
@@ -206,7 +207,7 @@ class FrontDoor(Protocol):
         if self.phase is Phase.RELAYING:
             assert self.upstream is not None
             self.bytes_up += len(data)
-            self.upstream.transport.write(data)
+            relay_write(self.upstream.transport, data)
             return
         if self.phase in (Phase.ADMITTING, Phase.CONNECTING):
             # Read before the pause took hold: keep it for the upstream.

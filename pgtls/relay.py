@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from pgtls.conninfo import Upstream
+from pgtls.fastwrite import relay_write
 
 __all__ = ["QuietFactory", "UpstreamProtocol", "send_cancel", "set_nodelay", "upstream_endpoint"]
 
@@ -81,7 +82,7 @@ class UpstreamProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_down += len(data)
-        self.client.transport.write(data)
+        relay_write(self.client.transport, data)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         self.client.upstream_lost(reason)

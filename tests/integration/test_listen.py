@@ -23,16 +23,16 @@ def test_ipv4_and_ipv6_addresses(pgtls) -> None:
     server = pgtls.start(settings=["listen_addresses = '127.0.0.1, ::1'"])
     assert _connects(socket.AF_INET, "127.0.0.1", server.port)
     assert _connects(socket.AF_INET6, "::1", server.port)
-    log = server.log_text()
-    assert f'listening on IPv4 address "127.0.0.1", port {server.port}' in log
-    assert f'listening on IPv6 address "::1", port {server.port}' in log
+    # The log file may lag the listening sockets by a moment.
+    server.wait_for_log(f'listening on IPv4 address "127.0.0.1", port {server.port}')
+    server.wait_for_log(f'listening on IPv6 address "::1", port {server.port}')
 
 
 def test_unbindable_address_is_skipped(pgtls) -> None:
     """An address this machine does not have is a warning while another one binds."""
     server = pgtls.start(settings=["listen_addresses = '192.0.2.1, 127.0.0.1'"])
     assert _connects(socket.AF_INET, "127.0.0.1", server.port)
-    assert "could not bind tcp:" in server.log_text()
+    server.wait_for_log("could not bind tcp:")
 
 
 def _run_to_exit(pgtls, setting: str) -> tuple[int, str]:

@@ -1,6 +1,7 @@
 """
-``twistd pgtls``: options, the listening ports, the SIGHUP reload, the
-shutdowns, and what systemd is told.
+``twistd pgtls``: the options, the SIGHUP reload, what systemd is told, and
+makeService, which puts them together with the listening ports
+(pgtls.listening) and the shutdowns (pgtls.shutdown).
 
 makeService loads everything the server needs before twistd daemonizes, so a
 passphrase is asked on the terminal and a bad file stops the start with one
@@ -14,46 +15,26 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-from collections.abc import Mapping, Sequence
-from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
-from twisted.internet.defer import gatherResults
-from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from pgtls import conf, hba
 from pgtls.frontdoor import FrontDoorFactory
+from pgtls.listening import ListenService, inherited_descriptions, listen_descriptions
 from pgtls.loader import StartupError, load_hba, load_server_config
 from pgtls.metrics import metrics_service
 from pgtls.sdnotify import Notifier, monotonic_usec
+from pgtls.shutdown import ShutdownService
 from pgtls.tlsctx import terminal_passphrase
 
-__all__ = [
-    "ListenService",
-    "NotifyService",
-    "Options",
-    "ReloadService",
-    "ShutdownService",
-    "inherited_descriptions",
-    "makeService",
-]
+__all__ = ["NotifyService", "Options", "ReloadService", "makeService"]
 
 #: How often STATUS= is refreshed for systemd (only sent when it changed).
 STATUS_INTERVAL = 1.0
-#: How long a fast shutdown lets its FATAL messages leave before it aborts.
-FAST_SHUTDOWN_GRACE = 5.0
-#: PostgreSQL's shutdown modes: SIGTERM asks for a smart one, SIGINT a fast one.
-Mode = Literal["smart", "fast"]
-SMART: Mode = "smart"
-FAST: Mode = "fast"
 
 _LONGDESC = """\
 pgtls is PostgreSQL's SSL front door as a server of its own. It listens on
@@ -131,160 +112,6 @@ class Options(usage.Options):
             self["overrides"]["port"] = self["port"]
         if self["listen-addresses"] is not None:
             self["overrides"]["listen_addresses"] = self["listen-addresses"]
-
-
-def listen_descriptions(listen_addresses: str, port: int) -> list[list[str]]:
-    """
-    Endpoint descriptions for PostgreSQL's listen_addresses, as groups: the
-    first description of a group that binds is enough ('*' is the IPv6
-    wildcard, which also takes IPv4 clients, or else the IPv4 one).
-    """
-    groups: list[list[str]] = []
-    seen: set[str] = set()
-    for item in (part.strip() for part in listen_addresses.split(",")):
-        if not item:
-            continue
-        if item == "*":
-            groups.append([_tcp(port, "::"), _tcp(port, "0.0.0.0")])
-            continue
-        for address in _resolve(item, port):
-            if address not in seen:
-                seen.add(address)
-                groups.append([_tcp(port, address)])
-    return groups
-
-
-def inherited_descriptions(reactor: Any, environ: Mapping[str, str] | None = None) -> list[str]:
-    """
-    Endpoint descriptions for the sockets systemd passed (socket activation),
-    in systemd's order; empty when it passed none.
-
-    Twisted's ``systemd:`` endpoint reads LISTEN_PID and LISTEN_FDS when it is
-    imported (and removes them from the environment); it keeps the sockets
-    only when LISTEN_FDNAMES names each of them, which systemd does and
-    ``systemd-socket-activate`` does with ``--fdname``.  LISTEN_FDNAMES is
-    left in the environment, so it gives the count; Twisted's parser refuses
-    an index it does not hold, which is how sockets meant for another
-    process (LISTEN_PID not ours) are told apart.
-
-    @param reactor: the reactor the endpoints are for.
-    @param environ: the environment (default: this process's).
-    @raise StartupError: a passed socket is not a TCP stream socket.
-    """
-    env = os.environ if environ is None else environ
-    names = env.get("LISTEN_FDNAMES", "")
-    descriptions = []
-    for index, name in enumerate(names.split(":") if names else []):
-        try:
-            endpoint = serverFromString(reactor, f"systemd:domain=INET:index={index}")
-        except IndexError:
-            return []
-        domain = _tcp_domain(endpoint.fileno, f'socket {index} ("{name}") passed by systemd')
-        descriptions.append(f"systemd:domain={domain}:index={index}")
-    return descriptions
-
-
-def _tcp_domain(fileno: int, what: str) -> str:
-    """
-    ``INET`` or ``INET6``: the address family of a listening TCP socket, so
-    that its clients' addresses are read right.
-
-    @raise StartupError: naming ``what``, for anything but a TCP socket.
-    """
-    try:
-        # Family and type are read from the descriptor; detach() leaves it open.
-        sock = socket.socket(fileno=fileno)
-    except OSError as error:
-        raise StartupError(f"{what}: {error.strerror}") from None
-    try:
-        family, kind = sock.family, sock.type
-        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    finally:
-        sock.detach()
-    if kind != socket.SOCK_STREAM or family not in (socket.AF_INET, socket.AF_INET6):
-        raise StartupError(f"{what} is not a TCP socket (ListenStream= with an address or port)")
-    if not listening:
-        raise StartupError(f"{what} is not listening (the socket unit needs Accept=no)")
-    return "INET6" if family == socket.AF_INET6 else "INET"
-
-
-def _tcp(port: int, address: str) -> str:
-    kind = "tcp6" if ":" in address else "tcp"
-    return f"{kind}:{port}:interface={quoteStringArgument(address)}"
-
-
-def _resolve(name: str, port: int) -> list[str]:
-    try:
-        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as error:
-        raise StartupError(
-            f'listen_addresses: could not translate host name "{name}": {error}'
-        ) from None
-    return [str(info[4][0]) for info in infos]
-
-
-class ListenService(Service):
-    """
-    Binds every listen address at privileged start, as PostgreSQL does, or
-    serves the sockets systemd passed.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self, reactor: Any, factory: FrontDoorFactory, inherited: Sequence[str] = ()
-    ) -> None:
-        """
-        @param inherited: descriptions of sockets passed by systemd (see
-            L{inherited_descriptions}); when any, listen_addresses and port
-            are not used.
-        """
-        self.reactor = reactor
-        self.factory = factory
-        self.inherited = list(inherited)
-        self.ports: list[IListeningPort] = []
-
-    def privilegedStartService(self) -> None:
-        settings = self.factory.settings
-        if self.inherited:
-            self.log.info(
-                "using the {count} socket(s) passed by systemd; listen_addresses "
-                "and port are not used",
-                count=len(self.inherited),
-            )
-            groups = [[description] for description in self.inherited]
-        else:
-            groups = listen_descriptions(settings.listen_addresses, settings.port)
-        for group in groups:
-            self._listen_first(group)
-        if not self.ports:
-            raise SystemExit("pgtls: could not create any TCP/IP sockets")
-        super().privilegedStartService()
-
-    def _listen_first(self, group: list[str]) -> None:
-        for description in group:
-            outcome: list[Any] = []
-            serverFromString(self.reactor, description).listen(self.factory).addBoth(outcome.append)
-            if outcome and not isinstance(outcome[0], Failure):
-                port: IListeningPort = outcome[0]
-                self.ports.append(port)
-                host = port.getHost()
-                self.log.info(
-                    'listening on {family} address "{host}", port {port}',
-                    family="IPv6" if ":" in host.host else "IPv4",  # type: ignore[attr-defined]
-                    host=host.host,  # type: ignore[attr-defined]
-                    port=host.port,  # type: ignore[attr-defined]
-                )
-                return
-            reason = outcome[0].getErrorMessage() if outcome else "did not bind"
-            self.log.warn(
-                "could not bind {description}: {reason}", description=description, reason=reason
-            )
-
-    def stopService(self) -> Any:
-        super().stopService()
-        ports, self.ports = self.ports, []
-        return gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
 
 
 class NotifyService(Service):
@@ -443,151 +270,6 @@ class ReloadService(Service):
         for name, value in conf.changed_settings(old, new):
             self.log.info('parameter "{name}" changed to "{value}"', name=name, value=value)
         return conf.reloaded(old, new)
-
-
-class ShutdownService(Service):
-    """
-    PostgreSQL's shutdown modes.  SIGTERM is a smart shutdown: new sessions
-    are refused (FATAL 57P03 ``the database system is shutting down``, after
-    the SSL negotiation, as PostgreSQL does; cancel requests still pass),
-    and pgtls exits once every connection has ended, or terminates what is
-    left as a fast shutdown when pgtls.smart_shutdown_timeout expires.
-    SIGINT is a fast shutdown: every session gets FATAL 57P01 and is closed
-    (see L{pgtls.frontdoor.FrontDoor.terminate}); a connection that has not
-    closed within FAST_SHUTDOWN_GRACE is aborted.  A SIGINT during a smart
-    shutdown makes it fast.  The ports stay open until the end, so that
-    clients are told rather than refused; then the reactor stops.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        reactor: Any,
-        factory: FrontDoorFactory,
-        notify: NotifyService,
-        *,
-        grace: float = FAST_SHUTDOWN_GRACE,
-    ) -> None:
-        self.reactor = reactor
-        self.factory = factory
-        self.notify = notify
-        self.grace = grace
-        self.mode: Mode | None = None
-        self._timer: IDelayedCall | None = None
-        self._reactor_stopping = False
-
-    def startService(self) -> None:
-        super().startService()
-        # The reactor puts in its own SIGTERM and SIGINT handlers (stop at
-        # once) when it starts, which is after startService: ours replace them.
-        self.reactor.callWhenRunning(self.install_signal_handlers)
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM asks for a smart shutdown, SIGINT for a fast one, on the reactor thread."""
-        signal.signal(signal.SIGTERM, self._signalled)
-        signal.signal(signal.SIGINT, self._signalled)
-
-    def _signalled(self, signum: int, frame: FrameType | None) -> None:
-        mode = SMART if signum == signal.SIGTERM else FAST
-        self.reactor.callFromThread(self.request, mode)
-
-    def request(self, mode: Mode) -> None:
-        """
-        Start a shutdown of ``mode`` (SMART or FAST), or make a smart one
-        under way fast; a request no faster than the one under way is ignored.
-        """
-        if self.mode == mode or self.mode == FAST:
-            return
-        first = self.mode is None
-        self.mode = mode
-        self.log.info("received {mode} shutdown request", mode=mode)
-        if first:
-            self.factory.shutting_down = True
-            self.notify.stopping()
-        if mode == FAST:
-            self._fast()
-        else:
-            self._smart()
-        if first:
-            self.factory.when_idle().addCallback(lambda _: self._stop_reactor())
-
-    def _smart(self) -> None:
-        count = len(self.factory.connections)
-        if not count:
-            return
-        timeout = self.factory.settings.smart_shutdown_timeout
-        self.log.info(
-            "waiting for {count} connection(s) to end{limit}",
-            count=count,
-            limit=f" (at most {timeout:g}s)" if timeout else "",
-        )
-        if timeout:
-            self._timer = self.reactor.callLater(timeout, self._smart_expired)
-
-    def _smart_expired(self) -> None:
-        self._timer = None
-        self.log.warn(
-            "pgtls.smart_shutdown_timeout expired with {count} connection(s) open: "
-            "terminating them as in a fast shutdown",
-            count=len(self.factory.connections),
-        )
-        self._terminate_all()
-
-    def _fast(self) -> None:
-        self._cancel_timer()
-        # PostgreSQL's words: closing the upstream legs ends their transactions.
-        self.log.info("aborting any active transactions")
-        self._terminate_all()
-
-    def _terminate_all(self) -> None:
-        for door in list(self.factory.connections):
-            door.terminate()
-        if self.factory.connections and self._timer is None:
-            self._timer = self.reactor.callLater(self.grace, self._abort_all)
-
-    def _abort_all(self) -> None:
-        self._timer = None
-        doors = list(self.factory.connections)
-        self.log.warn(
-            "{count} connection(s) did not close within {grace}s: aborting them",
-            count=len(doors),
-            grace=self.grace,
-        )
-        for door in doors:
-            door.transport.abortConnection()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _stop_reactor(self) -> None:
-        self._cancel_timer()
-        if not self._reactor_stopping:
-            self._reactor_stopping = True
-            self.reactor.stop()
-
-    def stopService(self) -> defer.Deferred[None]:
-        """
-        Wait until no connection is left.  When the reactor stops for another
-        reason than our signals, the connections are ended as in a fast
-        shutdown first.
-        """
-        super().stopService()
-        self._reactor_stopping = True
-        if self.mode is None:
-            self.mode = FAST
-            self.factory.shutting_down = True
-            self.notify.stopping()
-            self._terminate_all()
-        idle = self.factory.when_idle()
-
-        def done(result: None) -> None:
-            self._cancel_timer()
-
-        idle.addCallback(done)
-        return idle
 
 
 def makeService(options: Options) -> MultiService:

@@ -28,18 +28,11 @@ from zope.interface import implementer
 from pgtls import certs, wire
 from pgtls.conf import Settings
 from pgtls.frontdoor import FrontDoorFactory
+from pgtls.listening import ListenService, inherited_descriptions, listen_descriptions
 from pgtls.loader import StartupError, load_server_config
 from pgtls.sdnotify import Notifier
-from pgtls.service import (
-    ListenService,
-    NotifyService,
-    Options,
-    ReloadService,
-    ShutdownService,
-    inherited_descriptions,
-    listen_descriptions,
-    makeService,
-)
+from pgtls.service import NotifyService, Options, ReloadService, makeService
+from pgtls.shutdown import ShutdownService
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 

@@ -1,0 +1,178 @@
+"""
+Where pgtls listens: PostgreSQL's listen_addresses and port, bound at
+privileged start, or the sockets systemd passed (socket activation).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import gatherResults
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pgtls.frontdoor import FrontDoorFactory
+from pgtls.loader import StartupError
+
+__all__ = ["ListenService", "inherited_descriptions", "listen_descriptions"]
+
+
+def listen_descriptions(listen_addresses: str, port: int) -> list[list[str]]:
+    """
+    Endpoint descriptions for PostgreSQL's listen_addresses, as groups: the
+    first description of a group that binds is enough ('*' is the IPv6
+    wildcard, which also takes IPv4 clients, or else the IPv4 one).
+    """
+    groups: list[list[str]] = []
+    seen: set[str] = set()
+    for item in (part.strip() for part in listen_addresses.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            groups.append([_tcp(port, "::"), _tcp(port, "0.0.0.0")])
+            continue
+        for address in _resolve(item, port):
+            if address not in seen:
+                seen.add(address)
+                groups.append([_tcp(port, address)])
+    return groups
+
+
+def inherited_descriptions(reactor: Any, environ: Mapping[str, str] | None = None) -> list[str]:
+    """
+    Endpoint descriptions for the sockets systemd passed (socket activation),
+    in systemd's order; empty when it passed none.
+
+    Twisted's ``systemd:`` endpoint reads LISTEN_PID and LISTEN_FDS when it is
+    imported (and removes them from the environment); it keeps the sockets
+    only when LISTEN_FDNAMES names each of them, which systemd does and
+    ``systemd-socket-activate`` does with ``--fdname``.  LISTEN_FDNAMES is
+    left in the environment, so it gives the count; Twisted's parser refuses
+    an index it does not hold, which is how sockets meant for another
+    process (LISTEN_PID not ours) are told apart.
+
+    @param reactor: the reactor the endpoints are for.
+    @param environ: the environment (default: this process's).
+    @raise StartupError: a passed socket is not a TCP stream socket.
+    """
+    env = os.environ if environ is None else environ
+    names = env.get("LISTEN_FDNAMES", "")
+    descriptions = []
+    for index, name in enumerate(names.split(":") if names else []):
+        try:
+            endpoint = serverFromString(reactor, f"systemd:domain=INET:index={index}")
+        except IndexError:
+            return []
+        domain = _tcp_domain(endpoint.fileno, f'socket {index} ("{name}") passed by systemd')
+        descriptions.append(f"systemd:domain={domain}:index={index}")
+    return descriptions
+
+
+def _tcp_domain(fileno: int, what: str) -> str:
+    """
+    ``INET`` or ``INET6``: the address family of a listening TCP socket, so
+    that its clients' addresses are read right.
+
+    @raise StartupError: naming ``what``, for anything but a TCP socket.
+    """
+    try:
+        # Family and type are read from the descriptor; detach() leaves it open.
+        sock = socket.socket(fileno=fileno)
+    except OSError as error:
+        raise StartupError(f"{what}: {error.strerror}") from None
+    try:
+        family, kind = sock.family, sock.type
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    finally:
+        sock.detach()
+    if kind != socket.SOCK_STREAM or family not in (socket.AF_INET, socket.AF_INET6):
+        raise StartupError(f"{what} is not a TCP socket (ListenStream= with an address or port)")
+    if not listening:
+        raise StartupError(f"{what} is not listening (the socket unit needs Accept=no)")
+    return "INET6" if family == socket.AF_INET6 else "INET"
+
+
+def _tcp(port: int, address: str) -> str:
+    kind = "tcp6" if ":" in address else "tcp"
+    return f"{kind}:{port}:interface={quoteStringArgument(address)}"
+
+
+def _resolve(name: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as error:
+        raise StartupError(
+            f'listen_addresses: could not translate host name "{name}": {error}'
+        ) from None
+    return [str(info[4][0]) for info in infos]
+
+
+class ListenService(Service):
+    """
+    Binds every listen address at privileged start, as PostgreSQL does, or
+    serves the sockets systemd passed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: Any, factory: FrontDoorFactory, inherited: Sequence[str] = ()
+    ) -> None:
+        """
+        @param inherited: descriptions of sockets passed by systemd (see
+            L{inherited_descriptions}); when any, listen_addresses and port
+            are not used.
+        """
+        self.reactor = reactor
+        self.factory = factory
+        self.inherited = list(inherited)
+        self.ports: list[IListeningPort] = []
+
+    def privilegedStartService(self) -> None:
+        settings = self.factory.settings
+        if self.inherited:
+            self.log.info(
+                "using the {count} socket(s) passed by systemd; listen_addresses "
+                "and port are not used",
+                count=len(self.inherited),
+            )
+            groups = [[description] for description in self.inherited]
+        else:
+            groups = listen_descriptions(settings.listen_addresses, settings.port)
+        for group in groups:
+            self._listen_first(group)
+        if not self.ports:
+            raise SystemExit("pgtls: could not create any TCP/IP sockets")
+        super().privilegedStartService()
+
+    def _listen_first(self, group: list[str]) -> None:
+        for description in group:
+            outcome: list[Any] = []
+            serverFromString(self.reactor, description).listen(self.factory).addBoth(outcome.append)
+            if outcome and not isinstance(outcome[0], Failure):
+                port: IListeningPort = outcome[0]
+                self.ports.append(port)
+                host = port.getHost()
+                self.log.info(
+                    'listening on {family} address "{host}", port {port}',
+                    family="IPv6" if ":" in host.host else "IPv4",  # type: ignore[attr-defined]
+                    host=host.host,  # type: ignore[attr-defined]
+                    port=host.port,  # type: ignore[attr-defined]
+                )
+                return
+            reason = outcome[0].getErrorMessage() if outcome else "did not bind"
+            self.log.warn(
+                "could not bind {description}: {reason}", description=description, reason=reason
+            )
+
+    def stopService(self) -> Any:
+        super().stopService()
+        ports, self.ports = self.ports, []
+        return gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])

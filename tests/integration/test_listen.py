@@ -13,7 +13,8 @@ def _connects(family: socket.AddressFamily, host: str, port: int) -> bool:
         s.settimeout(5)
         try:
             s.connect((host, port))
-        except OSError:
+        except OSError as error:
+            print(f"connect to {host} port {port}: {error!r}")
             return False
         return True
 
@@ -21,11 +22,12 @@ def _connects(family: socket.AddressFamily, host: str, port: int) -> bool:
 def test_ipv4_and_ipv6_addresses(pgtls) -> None:
     """'127.0.0.1, ::1' listens on both, logged as PostgreSQL logs it."""
     server = pgtls.start(settings=["listen_addresses = '127.0.0.1, ::1'"])
-    assert _connects(socket.AF_INET, "127.0.0.1", server.port)
-    assert _connects(socket.AF_INET6, "::1", server.port)
-    # The log file may lag the listening sockets by a moment.
+    # The kernel accepts on 127.0.0.1 as soon as it is bound, a moment before
+    # pgtls binds ::1 and logs both: wait for the log, then connect.
     server.wait_for_log(f'listening on IPv4 address "127.0.0.1", port {server.port}')
     server.wait_for_log(f'listening on IPv6 address "::1", port {server.port}')
+    assert _connects(socket.AF_INET, "127.0.0.1", server.port)
+    assert _connects(socket.AF_INET6, "::1", server.port)
 
 
 def test_unbindable_address_is_skipped(pgtls) -> None:

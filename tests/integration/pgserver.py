@@ -28,6 +28,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -292,6 +293,30 @@ class PostgresServer:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def settled_log(self, timeout: float = 10.0) -> str:
+        """
+        The server log once every earlier connection is in it: open and close
+        one marked session over the socket and wait for its line.  Needs
+        log_connections on.
+        """
+        import psycopg
+
+        marker = f"control-{uuid.uuid4().hex}"
+        psycopg.connect(
+            host=self.socket_dir,
+            port=self.port,
+            user="postgres",
+            dbname="postgres",
+            application_name=marker,
+            connect_timeout=max(1, int(timeout)),
+        ).close()
+        deadline = time.monotonic() + timeout
+        while f"application_name={marker}" not in (log := self.log_text()):
+            if time.monotonic() > deadline:
+                raise PostgresError("log_connections is not in effect upstream")
+            time.sleep(0.05)
+        return log
 
     # -- lifecycle --------------------------------------------------------
 

@@ -20,7 +20,6 @@ import socket
 import ssl
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -280,24 +279,10 @@ class UpstreamCounter:
 
     def settled_count(self) -> int:
         """
-        Open and close one session straight to the upstream, wait for its
-        log line, and return how many connections the upstream has logged
-        (that one included): every earlier connection is in the count.
+        How many connections the upstream has logged, once every earlier one
+        is in its log (the control session of settled_log() included).
         """
-        marker = f"control-{uuid.uuid4().hex}"
-        psycopg.connect(
-            host=self.postgres.socket_dir,
-            port=self.postgres.port,
-            user="postgres",
-            dbname="postgres",
-            application_name=marker,
-            connect_timeout=int(TIMEOUT),
-        ).close()
-        deadline = time.monotonic() + TIMEOUT
-        while f"application_name={marker}" not in (log := self.postgres.log_text()):
-            assert time.monotonic() < deadline, "log_connections is not in effect upstream"
-            time.sleep(0.05)
-        return log.count("connection received: host=[local]")
+        return self.postgres.settled_log(TIMEOUT).count("connection received: host=[local]")
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from pgserver import PostgresServer
 from pgtlsproc import PgtlsServer, Pki, free_port, make_datadir
@@ -220,23 +219,8 @@ class UpstreamLog:
         return f"application_name={marker}" in self.postgres.log_text()
 
     def control(self) -> None:
-        """
-        Open and close a session straight to PostgreSQL and wait for its log
-        line: afterwards, every earlier session is in the log too.
-        """
-        marker = f"control-{uuid.uuid4().hex}"
-        psycopg.connect(
-            host=self.postgres.socket_dir,
-            port=self.postgres.port,
-            user="postgres",
-            dbname="postgres",
-            application_name=marker,
-            connect_timeout=10,
-        ).close()
-        deadline = time.monotonic() + TIMEOUT
-        while not self.reached(marker):
-            assert time.monotonic() < deadline, "log_connections is not in effect upstream"
-            time.sleep(0.05)
+        """Wait until every earlier session is in PostgreSQL's log."""
+        self.postgres.settled_log(TIMEOUT)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from cryptography import x509
+from OpenSSL import crypto
 from pgserver import PostgresServer
 from pgtlsproc import REPO, PgtlsServer, Pki, free_port, make_datadir
 
@@ -277,11 +278,32 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
         f.write(data)
 
 
-def encrypt_server_key(datadir: Path, pki: Pki, passphrase: str = SECRET) -> Path:
-    """Replace DIR/server.key with the same key, encrypted (PKCS#8)."""
+def encrypt_server_key(
+    datadir: Path, pki: Pki, passphrase: str = SECRET, *, wrong: Sequence[str] = ()
+) -> Path:
+    """
+    Replace DIR/server.key with the same key, encrypted (PKCS#8), such that
+    each passphrase in ``wrong`` fails OpenSSL's padding check ("bad decrypt").
+
+    A wrong passphrase decrypts to garbage that passes that check about once
+    in 256 salts; OpenSSL then names an ASN.1 error instead (pgtls reports
+    either, as PostgreSQL does), so such a salt is drawn again.
+    """
     path = datadir / "server.key"
-    replace_file(path, certs.key_pem(pki.server.key, passphrase.encode()))
+    for _ in range(20):
+        pem = certs.key_pem(pki.server.key, passphrase.encode())
+        if all(_fails_padding(pem, guess) for guess in wrong):
+            break
+    replace_file(path, pem)
     return path
+
+
+def _fails_padding(pem: bytes, guess: str) -> bool:
+    try:
+        crypto.load_privatekey(crypto.FILETYPE_PEM, pem, guess.encode())
+    except crypto.Error as error:
+        return "bad decrypt" in str(error)
+    return False
 
 
 def passphrase_command(datadir: Path, passphrase: str = SECRET) -> str:
@@ -340,7 +362,7 @@ def test_terminal_asks_again_after_a_wrong_passphrase(
 def test_three_wrong_passphrases_refuse_to_start(pgtls, pki: Pki, terminals) -> None:
     """After three wrong passphrases twistd exits 1 with one line naming the key."""
     datadir = pgtls.datadir()
-    key = encrypt_server_key(datadir, pki)
+    key = encrypt_server_key(datadir, pki, wrong=[f"wrong {attempt}" for attempt in range(1, 4)])
     terminal = on_terminal(terminals, twistd_argv(datadir))
     for attempt in range(1, 4):
         terminal.expect_prompts(attempt)
@@ -461,7 +483,7 @@ def test_failing_passphrase_command_refuses_to_start(
 ) -> None:
     """A passphrase command that fails or prints a wrong passphrase stops the start."""
     datadir = pgtls.datadir(settings=[f"ssl_passphrase_command = '{command}'"])
-    key = encrypt_server_key(datadir, pki)
+    key = encrypt_server_key(datadir, pki, wrong=["wrong"])
     assert_refused(datadir, message.format(key=key))
 
 

@@ -21,13 +21,16 @@ TLS layer's buffers); the unit tests pin each of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 from twisted.internet.tcp import Connection
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-__all__ = ["relay_write"]
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = ["idle_socket", "relay_write", "send_now", "tls_ready"]
 
 # The largest TLS plaintext record: the fast path hands OpenSSL one record's
 # worth at a time, as Twisted does.  OpenSSL takes it whole, unless a peer's
@@ -53,7 +56,7 @@ def relay_write(transport: Any, data: bytes) -> None:
         _send(transport, data, transport.write)
 
 
-def _idle_socket(transport: Any) -> Any:
+def idle_socket(transport: Any) -> Any:
     """
     The socket of a connected Twisted socket transport with nothing queued
     and no close under way, or None.
@@ -79,32 +82,34 @@ def _send(transport: Any, data: bytes, queue: Callable[[bytes], object]) -> None
     Send ``data`` on the transport's socket if it is idle; give what was not
     sent to ``queue`` (Twisted's buffered write for this socket).
     """
-    sock = _idle_socket(transport)
+    sock = idle_socket(transport)
     if sock is None:
         queue(data)
     else:
-        _send_on(sock, data, queue)
+        send_now(sock, data, queue)
 
 
-def _send_on(sock: Any, data: bytes, queue: Callable[[bytes], object]) -> None:
+def send_now(sock: Any, data: Buffer, queue: Callable[[bytes], object]) -> None:
     """
-    Send what the idle socket ``sock`` takes of ``data`` now, queue the rest.
+    Send what the idle socket ``sock`` takes of ``data`` now, queue a copy
+    of the rest (``data`` may be a view of a buffer that is used again).
 
     A socket error is left for Twisted to meet again on its next write, so
     the connection ends the way it always does.
     """
+    view = memoryview(data)
     try:
-        sent = sock.send(data)
+        sent = sock.send(view)
     except BlockingIOError:
         sent = 0
     except OSError:
-        queue(data)
+        queue(bytes(view))
         return
-    if sent < len(data):
-        queue(data[sent:])
+    if sent < len(view):
+        queue(bytes(view[sent:]))
 
 
-def _tls_ready(tls: Any) -> bool:
+def tls_ready(tls: Any) -> bool:
     """
     Whether the TLS layer may encrypt now: handshake done, no close under
     way, and nothing held back by it (small-write gathering, a write waiting
@@ -134,9 +139,9 @@ def _tls_write(transport: Any, data: bytes) -> None:
     rest goes to ``write()``, where Twisted handles the error as it always
     does.
     """
-    sock = _idle_socket(transport)
+    sock = idle_socket(transport)
     tls = transport.protocol
-    if sock is None or not _tls_ready(tls):
+    if sock is None or not tls_ready(tls):
         transport.write(data)
         return
     connection = tls._tlsConnection
@@ -157,7 +162,7 @@ def _send_records(sock: Any, tls: Any) -> None:
     records = _take_records(tls._tlsConnection)
     if records:
         # tls.transport writes to the socket below the TLS layer.
-        _send_on(sock, records, tls.transport.write)
+        send_now(sock, records, tls.transport.write)
 
 
 def _take_records(connection: SSL.Connection) -> bytes:

@@ -31,6 +31,8 @@ from pgtls import hba, wire
 from pgtls.conf import Settings
 from pgtls.fastwrite import relay_write
 from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
+from pgtls.pump import Pump
+from pgtls.pump import start as start_pump
 from pgtls.relay import (
     QuietFactory,
     UpstreamProtocol,
@@ -172,6 +174,7 @@ class FrontDoor(Protocol):
         self.tls_info: TLSInfo | None = None
         self.startup: wire.StartupMessage | None = None
         self.upstream: UpstreamProtocol | None = None
+        self.pump: Pump | None = None
         self.bytes_up = 0
         # How the connection ended, for the session summary and the metrics:
         # a fixed word, the reason label that goes with it (a refusal's kind,
@@ -251,6 +254,7 @@ class FrontDoor(Protocol):
         elif self.phase is Phase.STARTUP:
             self._end_of_startup()
         relaying = self.phase is Phase.RELAYING
+        self._stop_pump()
         if relaying:
             self.detail = "client closed the connection"
         elif self.phase in (Phase.ADMITTING, Phase.CONNECTING):
@@ -475,11 +479,13 @@ class FrontDoor(Protocol):
         self.bytes_up += len(first)
         upstream.transport.write(first)
         splice(self.transport, upstream.transport)
+        self.pump = start_pump(self.transport, upstream.transport, self, upstream)
         self.transport.resumeProducing()
 
     def upstream_lost(self, reason: Failure) -> None:
         """The upstream closed: so does the client, once its data is sent."""
         if self.phase is Phase.RELAYING:
+            self._stop_pump()
             # A TLS transport would wait for its producer, the upstream,
             # before its close_notify, and so never close.
             self.transport.unregisterProducer()
@@ -522,6 +528,7 @@ class FrontDoor(Protocol):
         """
         if self.phase is Phase.RELAYING:
             assert self.upstream is not None
+            self._stop_pump()
             self.transport.unregisterProducer()
             self.upstream.transport.unregisterProducer()
             # loseConnection stops reading the upstream; its connectionLost
@@ -531,6 +538,11 @@ class FrontDoor(Protocol):
             self._fatal("57P01", "terminating connection due to administrator command")
         elif self.phase is not Phase.CLOSED:
             self._close("terminated by a fast shutdown")
+
+    def _stop_pump(self) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
 
     def _authentication_timed_out(self) -> None:
         # PostgreSQL closes silently and logs nothing when the startup phase

@@ -12,6 +12,7 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from socketpairs import clock, pair, small_pair, tls_pair  # noqa: F401 (fixtures)
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 

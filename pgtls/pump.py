@@ -92,6 +92,7 @@ class Pump:
             self.ssl = self.into_ssl = self.from_ssl = None
         else:
             connection = tls._tlsConnection
+            _renew_bios(connection)
             self.ssl = connection._ssl
             self.into_ssl = connection._into_ssl
             self.from_ssl = connection._from_ssl
@@ -204,3 +205,33 @@ class Pump:
                 raw.write(_ffi.buffer(_SEALED, size)[:])
             else:
                 send_now(sock, _ffi.buffer(_SEALED, size), raw.write)
+
+
+def _renew_bios(connection: Any) -> None:
+    """
+    Give the session new, empty memory BIOs, moving over any bytes waiting
+    in the old ones.
+
+    A memory BIO keeps the largest buffer it ever held; after the handshake
+    that is the flights of both sides, about 4 KiB per session that an idle
+    session would otherwise carry to its end.
+    """
+    ssl = connection._ssl
+    into_ssl = _fresh_bio(connection._into_ssl)
+    from_ssl = _fresh_bio(connection._from_ssl)
+    # The SSL object owns its BIOs: this frees the old two.
+    _lib.SSL_set_bio(ssl, into_ssl, from_ssl)
+    connection._into_ssl = into_ssl
+    connection._from_ssl = from_ssl
+
+
+def _fresh_bio(old: Any) -> Any:
+    """A new memory BIO holding what is left in ``old`` (which stays as it was)."""
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
+    if bio == _ffi.NULL:
+        raise MemoryError("BIO_new")
+    while True:
+        size = _lib.BIO_read(old, _SEALED, _RECORDS)
+        if size <= 0:
+            return bio
+        _lib.BIO_write(bio, _SEALED, size)

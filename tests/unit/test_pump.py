@@ -108,6 +108,27 @@ def test_stop_gives_back_doread(session: Session) -> None:
     assert session.upstream.peer_read() == b""
 
 
+def test_start_renews_the_bios_keeping_their_bytes(tls_pair: TLSPair, upstream: Pair) -> None:
+    """
+    New BIOs (the handshake's grown buffers go), and what waited in the old
+    ones comes out of the new: half a record from the client, a record for it.
+    """
+    connection = tls_pair.tls._tlsConnection
+    old = (connection._into_ssl, connection._from_ssl)
+    tls_pair.client.sendall(b"half now, half later")
+    record = tls_pair.client.bio_read(1 << 16)
+    connection.bio_write(record[:10])
+    connection.send(b"waiting for the client")
+    session = Session(tls_pair, upstream)
+    assert (connection._into_ssl, connection._from_ssl) != old
+    assert connection._into_ssl not in old and connection._from_ssl not in old
+    tls_pair.pair.peer.sendall(record[10:])
+    assert tls_pair.transport.doRead() is None
+    assert upstream.peer_read() == b"half now, half later"
+    session.upstream_sends(b" and more")
+    assert tls_pair.receive() == b"waiting for the client and more"
+
+
 # -- client to upstream -------------------------------------------------------
 
 

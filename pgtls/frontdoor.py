@@ -476,6 +476,7 @@ class FrontDoor(Protocol):
                 self.door.reactor.seconds() - self._connect_started
             )
         first = self.startup.packet + self.reader.take_buffered()
+        self.startup = self.startup.brief()
         self.bytes_up += len(first)
         upstream.transport.write(first)
         splice(self.transport, upstream.transport)

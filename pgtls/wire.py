@@ -179,6 +179,15 @@ class StartupMessage:
         """The database; missing or empty means the user name, as in PostgreSQL."""
         return self.get("database") or self.user
 
+    def brief(self) -> StartupMessage:
+        """
+        This message with only its user and database and no packet: what a
+        relayed session still needs of it (for its last log line), without
+        the bytes an idle session would otherwise hold to its end.
+        """
+        names = (("user", self.user), ("database", self.database))
+        return StartupMessage(self.major, self.minor, names, b"")
+
     @property
     def application_name(self) -> str | None:
         """The ``application_name`` parameter, or None."""

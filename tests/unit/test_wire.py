@@ -883,3 +883,11 @@ def test_splitting_does_not_change_the_outcome(
 ) -> None:
     """However the bytes are split, the events and the error are those of one write."""
     assert _outcome(_chunks(data, stream), eof) == _outcome([stream] if stream else [], eof)
+
+
+def test_startup_message_brief_keeps_user_and_database() -> None:
+    """What a relayed session keeps: the names for its last log line, no packet."""
+    full = StartupMessage(3, 0, (("user", "alice"), ("application_name", "psql")), b"packet")
+    brief = full.brief()
+    assert (brief.user, brief.database, brief.packet) == ("alice", "alice", b"")
+    assert brief.application_name is None

@@ -99,18 +99,21 @@ class Pair:
         self.transport.socket.close()
 
 
-@pytest.fixture
-def pair() -> Iterator[Pair]:
-    made = Pair()
+def opened(*, small: bool = False) -> Iterator[Pair]:
+    """A fixture's body: a Pair, closed after the test."""
+    made = Pair(small=small)
     yield made
     made.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    yield from opened()
 
 
 @pytest.fixture
 def small_pair() -> Iterator[Pair]:
-    made = Pair(small=True)
-    yield made
-    made.close()
+    yield from opened(small=True)
 
 
 def drain(pair: Pair, deliver: Any = None) -> bytes:

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from OpenSSL._util import lib
-from socketpairs import Pair, Producer, TLSPair, drain
+from socketpairs import Pair, Producer, TLSPair, drain, opened
 from twisted.internet import main
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import tls as twisted_tls
@@ -66,9 +66,8 @@ class Session:
 
 @pytest.fixture
 def upstream() -> Iterator[Pair]:
-    made = Pair()
-    yield made
-    made.close()
+    """The upstream's end: a second pair beside the client's."""
+    yield from opened()
 
 
 @pytest.fixture

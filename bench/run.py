@@ -46,6 +46,17 @@ _FULL = {"rounds": 3, "duration": 10.0, "scale": 10, "copy_rows": 1_000_000, "se
 # Proves the script works, in seconds: CI runs it, nobody reads its numbers.
 _SMOKE = {"rounds": 1, "duration": 2.0, "scale": 1, "copy_rows": 20_000, "sessions": 20}
 
+# What the front end's CPU time is reported per (rounds[].details[target][key]):
+# native's front end is the postmaster and its backends, which also run the
+# queries; PgBouncer's and pgtls's is their own process.
+_CPU_UNITS = {
+    "w1_c16": "transaction",
+    "w1_c1": "transaction",
+    "w2_connect": "connection",
+    "w3_copy": "MB",
+}
+_REAP_SECONDS = 0.2
+
 # Per idle session: the client's socket here, the front end's client and
 # upstream sockets (pgtls, PgBouncer inherit this limit).
 _FDS_PER_SESSION = 2
@@ -243,16 +254,33 @@ class Bench:
                     value = self._measure(workload.key, target, details[name])
                     values[name][workload.key] = value
                     shown = "FAILED" if value is None else f"{value:.2f} {workload.unit}"
+                    cpu = details[name].get(workload.key, {}).get("cpu_us_per_unit")
+                    if value is not None and cpu is not None:
+                        shown += f", front end CPU {cpu:.0f} us/{_CPU_UNITS[workload.key]}"
                     _say(f"round {number}/{self.config.rounds} {workload.key} {name}: {shown}")
             report.write_json(self.config.json_path, self.document())
 
     def _measure(self, key: str, target: servers.Target, details: dict[str, Any]) -> float | None:
         try:
-            return self._workload(key, target, details)
+            if key not in _CPU_UNITS:
+                return self._workload(key, target, details)
+            before = workloads.tree_cpu_seconds(target.root_pid())
+            value = self._workload(key, target, details)
+            # Native PostgreSQL's backends may still be ending: let them be reaped.
+            time.sleep(_REAP_SECONDS)
+            used = workloads.tree_cpu_seconds(target.root_pid()) - before
+            details[key] = {"cpu_s": used, "cpu_us_per_unit": used * 1e6 / self._units(key, value)}
+            return value
         except servers.BenchError as e:
             self.failures.append(f"{key} {target.name}: {e}")
             _say(f"{key} {target.name} failed: {e}")
             return None
+
+    def _units(self, key: str, value: float) -> float:
+        """Transactions (W1, W2: rate times duration) or MB (W3) of a measurement."""
+        if key == "w3_copy":
+            return self.config.copy_rows * workloads.COPY_ROW_BYTES / 1e6
+        return max(value * self.config.duration, 1.0)
 
     def _workload(self, key: str, target: servers.Target, details: dict[str, Any]) -> float:
         bindir = self.postgres.bindir

@@ -35,6 +35,7 @@ __all__ = [
     "idle_cost",
     "pgbench_rate",
     "tls_description",
+    "tree_cpu_seconds",
     "tree_memory",
 ]
 
@@ -224,6 +225,25 @@ def process_tree(root: int) -> list[int]:
         tree.append(pid)
         todo.extend(children.get(pid, ()))
     return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """
+    CPU time (user + system) of ``root``'s process tree so far: its live
+    processes, and the children ``root`` has already reaped (native
+    PostgreSQL's backends that ended).
+    """
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        # utime, stime; for the root also cutime, cstime (proc(5): fields 14-17).
+        ticks += int(fields[11]) + int(fields[12])
+        if pid == root:
+            ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tree_memory(root: int) -> Memory:

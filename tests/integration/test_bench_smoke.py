@@ -54,5 +54,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
                 assert stats["median"] > 0, (workload, target, stats)
                 assert stats["ratio"]["median"] > 0, (workload, target, stats)
             assert document["rounds"][0]["results"][target][workload] == stats["median"]
+            if workload != "w4_idle":
+                cpu = document["rounds"][0]["details"][target][workload]
+                assert cpu["cpu_s"] >= 0 and cpu["cpu_us_per_unit"] >= 0, (workload, target, cpu)
     for target in TARGETS:
         assert document["tls"][target].startswith("protocol: TLS"), document["tls"]

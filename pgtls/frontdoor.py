@@ -29,7 +29,6 @@ from zope.interface import implementer
 
 from pgtls import hba, wire
 from pgtls.conf import Settings
-from pgtls.fastwrite import relay_write
 from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
 from pgtls.pump import Pump
 from pgtls.pump import start as start_pump
@@ -209,8 +208,10 @@ class FrontDoor(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.phase is Phase.RELAYING:
             assert self.upstream is not None
+            # The pump relays without calling this: only the reads it leaves
+            # to the TLS layer (a session that is closing) come here.
             self.bytes_up += len(data)
-            relay_write(self.upstream.transport, data)
+            self.upstream.transport.write(data)
             return
         if self.phase in (Phase.ADMITTING, Phase.CONNECTING):
             # Read before the pause took hold: keep it for the upstream.

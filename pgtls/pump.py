@@ -12,8 +12,8 @@ puts its own ``doRead`` on the client's and the upstream's transports (what
 the reactor calls when a socket is readable), which reads the socket into a
 buffer shared by every session, decrypts or encrypts with OpenSSL's calls
 (pyOpenSSL's own binding of them), and sends the result to the other socket
-at once, through :mod:`pgtls.fastwrite`'s rule: straight to an idle socket,
-else into Twisted's queue behind what waits there.
+at once, through :func:`pgtls.fastwrite.send_or_queue`: straight to an idle
+socket, else into Twisted's queue behind what waits there.
 
 Everything else stays Twisted's: the transports, their queues and the
 producers that pause a side whose peer reads slowly, closing, the TLS
@@ -36,7 +36,7 @@ from OpenSSL._util import lib as _lib
 from twisted.internet import main
 from twisted.internet.tcp import Connection
 
-from pgtls.fastwrite import idle_socket, send_now, tls_ready
+from pgtls.fastwrite import send_or_queue, tls_ready
 
 __all__ = ["Pump", "start"]
 
@@ -121,11 +121,12 @@ class Pump:
             return main.CONNECTION_DONE
         if self.tls is None:
             self.up_counter.bytes_up += len(data)
-            self._to_upstream(data)
-            return None
-        return self._decrypt(data)
+            send_or_queue(self.upstream, data, self.upstream.write)
+        else:
+            self._decrypt(data)
+        return None
 
-    def _decrypt(self, data: bytes) -> object:
+    def _decrypt(self, data: bytes) -> None:
         ssl = self.ssl
         # A memory BIO takes all it is given.
         _lib.BIO_write(self.into_ssl, data, len(data))
@@ -134,23 +135,14 @@ class Pump:
             if size <= 0:
                 break
             self.up_counter.bytes_up += size
-            self._to_upstream(_ffi.buffer(_PLAIN, size))
+            send_or_queue(self.upstream, _ffi.buffer(_PLAIN, size), self.upstream.write)
         if _lib.SSL_get_error(ssl, size) != _WANT_READ:
             # close_notify, or a broken session: the TLS layer reads again,
             # meets the same and ends the connection its own way.
             self.tls._flushReceiveBIO()
-            return None
+            return
         # What reading made OpenSSL answer (a KeyUpdate, say) goes out now.
         self._send_records()
-        return None
-
-    def _to_upstream(self, data: Any) -> None:
-        upstream = self.upstream
-        sock = idle_socket(upstream)
-        if sock is None:
-            upstream.write(bytes(data))
-        else:
-            send_now(sock, data, upstream.write)
 
     # -- upstream to client -------------------------------------------------
 
@@ -168,11 +160,7 @@ class Pump:
         self.down_counter.bytes_down += size
         client = self.client
         if self.tls is None:
-            sock = idle_socket(client)
-            if sock is None:
-                client.write(bytes(_UPSTREAM_VIEW[:size]))
-            else:
-                send_now(sock, _UPSTREAM_VIEW[:size], client.write)
+            send_or_queue(client, _UPSTREAM_VIEW[:size], client.write)
         elif not tls_ready(self.tls):
             client.write(bytes(_UPSTREAM_VIEW[:size]))
         else:
@@ -200,11 +188,7 @@ class Pump:
             size = _lib.BIO_read(self.from_ssl, _SEALED, _RECORDS)
             if size <= 0:
                 return
-            sock = idle_socket(self.client)
-            if sock is None:
-                raw.write(_ffi.buffer(_SEALED, size)[:])
-            else:
-                send_now(sock, _ffi.buffer(_SEALED, size), raw.write)
+            send_or_queue(self.client, _ffi.buffer(_SEALED, size), raw.write)
 
 
 def _renew_bios(connection: Any) -> None:

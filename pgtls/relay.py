@@ -22,7 +22,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from pgtls.conninfo import Upstream
-from pgtls.fastwrite import relay_write
 
 __all__ = ["QuietFactory", "UpstreamProtocol", "send_cancel", "set_nodelay", "upstream_endpoint"]
 
@@ -81,8 +80,9 @@ class UpstreamProtocol(Protocol):
         self.client.upstream_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
+        # Reached only without a pump (see FrontDoor.upstream_connected).
         self.bytes_down += len(data)
-        relay_write(self.client.transport, data)
+        self.client.transport.write(data)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         self.client.upstream_lost(reason)

@@ -230,6 +230,17 @@ def test_upstream_bytes_reach_the_client_encrypted_at_once(
     assert session.counts.bytes_down == 7
 
 
+def test_upstream_bytes_queue_behind_gathered_writes(
+    session: Session, clock: MemoryReactorClock
+) -> None:
+    """Bytes held back by Twisted's small-write gathering (a FATAL, say) go first."""
+    session.tls.transport.write(b"first ")
+    session.upstream_sends(b"second")
+    assert session.tls.pair.peer_read() == b""
+    clock.advance(0)
+    assert session.tls.receive() == b"first second"
+
+
 def test_upstream_eof_is_connection_done(session: Session) -> None:
     session.upstream.peer.close()
     assert session.upstream.transport.doRead() is main.CONNECTION_DONE

@@ -212,19 +212,28 @@ def process_tree(root: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        # The command name is in parentheses and may hold anything.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        fields = _stat_fields(entry.name)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
         tree.append(pid)
         todo.extend(children.get(pid, ()))
     return tree
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    """
+    /proc/PID/stat's fields after the command name (field 3 of proc(5)
+    first), or None for a process that has exited.
+    """
+    try:
+        stat = Path("/proc", pid, "stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold anything.
+    return stat.rsplit(")", 1)[1].split()
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -235,10 +244,9 @@ def tree_cpu_seconds(root: int) -> float:
     """
     ticks = 0
     for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
+        fields = _stat_fields(str(pid))
+        if fields is None:
+            continue
         # utime, stime; for the root also cutime, cstime (proc(5): fields 14-17).
         ticks += int(fields[11]) + int(fields[12])
         if pid == root:

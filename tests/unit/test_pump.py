@@ -174,9 +174,7 @@ def test_client_close_notify_ends_tls_as_twisted_does(session: Session) -> None:
     assert session.upstream.peer_read() == b""
 
 
-def test_client_garbage_breaks_the_session_without_relaying(
-    session: Session, logged_failures: list[Any]
-) -> None:
+def test_client_garbage_breaks_the_session_without_relaying(session: Session) -> None:
     """A forged record: nothing reaches the upstream and the TLS layer aborts."""
     session.tls.pair.peer.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
     assert session.tls.transport.doRead() is None

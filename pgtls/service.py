@@ -212,11 +212,22 @@ class ReloadService(Service):
         self.notify = notify
         self._previous: Any = None
 
+    def privilegedStartService(self) -> None:
+        # Hooked before any port listens (this service comes first), as the
+        # postmaster does: a client may connect and a SIGHUP follow at once,
+        # and SIGHUP's default action would end the server.
+        super().privilegedStartService()
+        self._hook()
+
     def startService(self) -> None:
         super().startService()
-        self._previous = signal.signal(
-            signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload)
-        )
+        self._hook()
+
+    def _hook(self) -> None:
+        if self._previous is None:
+            self._previous = signal.signal(
+                signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload)
+            )
 
     def stopService(self) -> None:
         if self._previous is not None:
@@ -296,8 +307,8 @@ def makeService(options: Options) -> MultiService:
     )
     top = MultiService()
     notify = NotifyService(reactor, factory, Notifier.from_environment())
-    ListenService(reactor, factory, inherited).setServiceParent(top)
     ReloadService(reactor, factory, dict(options["overrides"]), notify).setServiceParent(top)
+    ListenService(reactor, factory, inherited).setServiceParent(top)
     notify.setServiceParent(top)
     ShutdownService(reactor, factory, notify).setServiceParent(top)
     if metrics is not None:

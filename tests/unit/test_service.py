@@ -213,15 +213,16 @@ def test_unresolvable_name_is_a_startup_error(monkeypatch: pytest.MonkeyPatch) -
 
 def test_make_service(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    makeService: a MultiService of the listening, reload, notify and shutdown
-    services, sharing one factory; without NOTIFY_SOCKET nothing is notified,
+    makeService: a MultiService of the reload, listening, notify and shutdown
+    services, sharing one factory (reload first: SIGHUP is hooked before a
+    port listens); without NOTIFY_SOCKET nothing is notified,
     without LISTEN_FDNAMES nothing was passed by systemd.
     """
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
     top = makeService(parse(["-D", str(datadir), "-c", "log_connections=on", "-p", "6543"]))
     assert isinstance(top, MultiService)
-    listen, reload, notify, shutdown = list(top)[:4]
+    reload, listen, notify, shutdown = list(top)[:4]
     assert isinstance(listen, ListenService)
     assert isinstance(reload, ReloadService)
     assert isinstance(notify, NotifyService)
@@ -593,6 +594,34 @@ def test_sighup_handler_reloads_in_the_reactor_thread(datadir: Path) -> None:
     handler(signal.SIGHUP, None)
     assert reactor.calls == [service.reload]
     service.stopService()
+    assert signal.getsignal(signal.SIGHUP) is before
+
+
+@pytest.mark.usefixtures("sighup_restored")
+def test_sighup_is_hooked_before_any_port_listens(datadir: Path) -> None:
+    """
+    A client may connect and a SIGHUP arrive as soon as a port listens, before
+    the reactor runs: the handler is in place by then (SIGHUP's default action
+    ends the process). Hooking twice keeps the first previous handler.
+    """
+    before = signal.getsignal(signal.SIGHUP)
+    hooked_at_listen: list[bool] = []
+
+    class Watching(MemoryReactor):
+        def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
+            hooked_at_listen.append(signal.getsignal(signal.SIGHUP) is not before)
+            return super().listenTCP(*args, **kwargs)
+
+    reloading = Reloading(datadir)
+    reactor = Watching()
+    top = MultiService()
+    reload = ReloadService(reactor, reloading.factory, {})
+    reload.setServiceParent(top)
+    ListenService(reactor, reloading.factory, []).setServiceParent(top)
+    top.privilegedStartService()
+    top.startService()
+    assert hooked_at_listen and all(hooked_at_listen)
+    top.stopService()
     assert signal.getsignal(signal.SIGHUP) is before
 
 

@@ -33,7 +33,7 @@ from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
 from pgtls.pump import Pump
 from pgtls.pump import start as start_pump
 from pgtls.relay import (
-    QuietFactory,
+    UpstreamFactory,
     UpstreamProtocol,
     send_cancel,
     set_nodelay,
@@ -115,6 +115,7 @@ class FrontDoorFactory(Factory):
         self.shutting_down = False
         self._idle_waiters: list[defer.Deferred[None]] = []
         self._connect_upstream = connect_upstream
+        self.upstream_factory = UpstreamFactory()
         self._resolve_hostname = resolve_hostname
         # Tests with fake transports have no OpenSSL connection to describe.
         self.describe_tls = describe_tls
@@ -168,7 +169,7 @@ class FrontDoor(Protocol):
         self.door = factory
         self.address, self.port = client_address(addr)
         self.phase = Phase.STARTUP
-        self.reader = wire.StartupReader()
+        self._reader: wire.StartupReader | None = wire.StartupReader()
         self.direct_tls = False
         self.tls_info: TLSInfo | None = None
         self.startup: wire.StartupMessage | None = None
@@ -188,6 +189,12 @@ class FrontDoor(Protocol):
         self._timer: IDelayedCall | None = None
         self._connecting: defer.Deferred[Any] | None = None
         self._started = factory.reactor.seconds()
+
+    @property
+    def reader(self) -> wire.StartupReader:
+        """The first packets' reader, until relaying starts (see upstream_connected)."""
+        assert self._reader is not None, "no startup reading once relaying started"
+        return self._reader
 
     # -- connection events -------------------------------------------------
 
@@ -455,15 +462,15 @@ class FrontDoor(Protocol):
             )
         self.phase = Phase.CONNECTING
         self._connect_started = self.door.reactor.seconds()
-        factory = QuietFactory.forProtocol(lambda: UpstreamProtocol(self))
-        self._connecting = self.door.upstream_endpoint().connect(factory)
-        self._connecting.addErrback(self._upstream_failed)
+        self._connecting = self.door.upstream_endpoint().connect(self.door.upstream_factory)
+        self._connecting.addCallbacks(self.upstream_connected, self._upstream_failed)
 
     # -- the relay phase ---------------------------------------------------
 
     def upstream_connected(self, upstream: UpstreamProtocol) -> None:
         """The upstream accepted the connection: send the startup, relay."""
         self._connecting = None
+        upstream.client = self
         if self.phase is not Phase.CONNECTING or self.startup is None:
             upstream.transport.loseConnection()
             return
@@ -477,6 +484,9 @@ class FrontDoor(Protocol):
                 self.door.reactor.seconds() - self._connect_started
             )
         first = self.startup.packet + self.reader.take_buffered()
+        # An idle session keeps neither the reader (which holds the whole
+        # StartupMessage) nor more of the message than its last log line needs.
+        self._reader = None
         self.startup = self.startup.brief()
         self.bytes_up += len(first)
         upstream.transport.write(first)

@@ -80,6 +80,18 @@ def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pum
 class Pump:
     """The fast path of one relayed session; see the module's text."""
 
+    # Every idle session keeps one.
+    __slots__ = (
+        "client",
+        "down_counter",
+        "from_ssl",
+        "into_ssl",
+        "ssl",
+        "tls",
+        "up_counter",
+        "upstream",
+    )
+
     def __init__(
         self, client: Any, tls: Any, upstream: Any, up_counter: Any, down_counter: Any
     ) -> None:

@@ -23,7 +23,14 @@ from twisted.python.failure import Failure
 
 from pgtls.conninfo import Upstream
 
-__all__ = ["QuietFactory", "UpstreamProtocol", "send_cancel", "set_nodelay", "upstream_endpoint"]
+__all__ = [
+    "QuietFactory",
+    "UpstreamFactory",
+    "UpstreamProtocol",
+    "send_cancel",
+    "set_nodelay",
+    "upstream_endpoint",
+]
 
 # A cancel is one 16-byte packet; the upstream answers by closing.  Past this
 # the upstream is not answering and the client has waited long enough.
@@ -35,8 +42,6 @@ class RelayPeer(TypingProtocol):
     """What the client side of a session offers the upstream leg."""
 
     transport: Any
-
-    def upstream_connected(self, upstream: UpstreamProtocol) -> None: ...
 
     def upstream_lost(self, reason: Failure) -> None: ...
 
@@ -59,7 +64,7 @@ def upstream_endpoint(reactor: object, upstream: Upstream) -> IStreamClientEndpo
 
 class QuietFactory(Factory):
     """
-    The factory of one upstream connection: not ``noisy``, or every session
+    A factory of upstream connections: not ``noisy``, or every session
     would log ``Starting factory`` and ``Stopping factory``.
     """
 
@@ -67,17 +72,22 @@ class QuietFactory(Factory):
 
 
 class UpstreamProtocol(Protocol):
-    """The server side of a relayed session; bytes go to the client unchanged."""
+    """
+    The server side of a relayed session; bytes go to the client unchanged.
+
+    It is built by the factory shared by every session and meets its client
+    when the connect Deferred fires (the client sets ``client``), which is
+    before the upstream can send a byte or close.
+    """
 
     transport: Any
+    client: RelayPeer
 
-    def __init__(self, client: RelayPeer) -> None:
-        self.client = client
+    def __init__(self) -> None:
         self.bytes_down = 0
 
     def connectionMade(self) -> None:
         set_nodelay(self.transport)
-        self.client.upstream_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
         # Reached only without a pump (see FrontDoor.upstream_connected).
@@ -86,6 +96,15 @@ class UpstreamProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         self.client.upstream_lost(reason)
+
+
+class UpstreamFactory(QuietFactory):
+    """
+    The factory of every session's upstream connection: one shared, not one
+    per session, which an idle session would otherwise keep to its end.
+    """
+
+    protocol = UpstreamProtocol
 
 
 def splice(client: Any, upstream: Any) -> None:

@@ -20,6 +20,7 @@ import re
 import signal
 import stat
 import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -270,9 +271,10 @@ def describe_connection(conn: SSL.Connection) -> TLSInfo:
     bits = conn.get_cipher_bits()
     if cipher is None or bits is None:
         raise ValueError("the TLS handshake has not completed")
+    # Interned: the same few names, which every session keeps to its end.
     return TLSInfo(
-        protocol=conn.get_protocol_version_name(),
-        cipher=cipher,
+        protocol=sys.intern(conn.get_protocol_version_name()),
+        cipher=sys.intern(cipher),
         bits=bits,
         alpn=conn.get_alpn_proto_negotiated() or None,
         client_cert=_verified_client_cert(conn),

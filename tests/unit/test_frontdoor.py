@@ -749,6 +749,26 @@ def test_relay_both_ways(door: Door) -> None:
     assert upstream.transport.value().endswith(wire.ssl_request())
 
 
+def test_a_relayed_session_keeps_only_what_it_needs(door: Door) -> None:
+    """
+    An idle relayed session holds no startup reader and only the user and
+    database of its StartupMessage; every session's upstream connection
+    comes from one shared factory.
+    """
+    first, _ = relayed_session(door)
+    second, _ = relayed_session(door)
+    for conn in (first, second):
+        with pytest.raises(AssertionError):
+            conn.protocol.reader  # noqa: B018
+        startup = conn.protocol.startup
+        assert startup is not None
+        assert startup.packet == b""
+        assert [name for name, _ in startup.parameters] == ["user", "database"]
+    factories = [client[2]._wrappedFactory for client in door.reactor.tcpClients]
+    assert len(factories) == 2
+    assert factories[0] is factories[1] is door.factory.upstream_factory
+
+
 def test_flow_control_both_ways(door: Door) -> None:
     """Each transport is registered, streaming, as the other's producer."""
     conn, upstream = relayed_session(door)

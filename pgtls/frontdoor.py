@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from pgtls import hba, wire
 from pgtls.conf import Settings
+from pgtls.conninfo import Upstream
 from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
 from pgtls.pump import Pump
 from pgtls.pump import start as start_pump
@@ -116,6 +117,7 @@ class FrontDoorFactory(Factory):
         self._idle_waiters: list[defer.Deferred[None]] = []
         self._connect_upstream = connect_upstream
         self.upstream_factory = UpstreamFactory()
+        self._endpoint: tuple[Upstream, IStreamClientEndpoint] | None = None
         self._resolve_hostname = resolve_hostname
         # Tests with fake transports have no OpenSSL connection to describe.
         self.describe_tls = describe_tls
@@ -123,10 +125,17 @@ class FrontDoorFactory(Factory):
         self.metrics = metrics
 
     def upstream_endpoint(self) -> IStreamClientEndpoint:
-        """The endpoint of the upstream server (built anew: it is cheap)."""
+        """
+        The endpoint of the upstream server in the settings in force, one for
+        every session: each connection would otherwise keep its own copy of
+        the address.
+        """
         if self._connect_upstream is not None:
             return self._connect_upstream()
-        return upstream_endpoint(self.reactor, self.settings.upstream)
+        upstream = self.settings.upstream
+        if self._endpoint is None or self._endpoint[0] != upstream:
+            self._endpoint = (upstream, upstream_endpoint(self.reactor, upstream))
+        return self._endpoint[1]
 
     def resolve_hostname(self, address: IPAddress) -> defer.Deferred[str | None]:
         """The client's verified host name, looked up off the reactor thread."""

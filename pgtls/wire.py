@@ -20,6 +20,7 @@ Nothing here touches a socket or imports Twisted.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -185,8 +186,7 @@ class StartupMessage:
         relayed session still needs of it (for its last log line), without
         the bytes an idle session would otherwise hold to its end.
         """
-        names = (("user", self.user), ("database", self.database))
-        return StartupMessage(self.major, self.minor, names, b"")
+        return StartupMessage(self.major, self.minor, _brief(self.user, self.database), b"")
 
     @property
     def application_name(self) -> str | None:
@@ -220,6 +220,12 @@ class StartupMessage:
         if not walsender:
             return None
         return "logical" if logical else "physical"
+
+
+# A pool's idle sessions share one user and database: one tuple for them all.
+@functools.lru_cache(maxsize=256)
+def _brief(user: str, database: str) -> tuple[tuple[str, str], ...]:
+    return (("user", user), ("database", database))
 
 
 @dataclass(frozen=True, slots=True)

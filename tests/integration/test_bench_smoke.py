@@ -23,11 +23,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
     """
     ``bench/run.py --smoke`` exits 0, prints the table, and writes JSON with
     a positive median for every workload and target and a positive ratio to
-    native PostgreSQL for each.
+    native PostgreSQL for each.  W1 and W2 run in two slices, the targets
+    taking turns.
     """
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--json", str(out)],
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--smoke",
+            "--slices",
+            "2",
+            "--json",
+            str(out),
+        ],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -38,6 +47,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(out.read_text())
     assert document["config"]["targets"] == list(TARGETS)
+    assert document["config"]["slices"] == 2
     assert document["failures"] == []
     assert sorted(document["workloads"]) == sorted(WORKLOADS)
     assert len(document["rounds"]) == 1

@@ -298,13 +298,17 @@ class Bench:
     def _measure(
         self, key: str, target: servers.Target, details: dict[str, Any], seconds: int
     ) -> tuple[float, float] | None:
-        """One run of ``key``: its value and the front end's CPU seconds, or None if it failed."""
+        """
+        One run of ``key``: its value and the front end's CPU seconds (0 for
+        a workload whose CPU is not reported), or None if it failed.
+        """
         try:
+            if key not in _CPU_UNITS:
+                return self._workload(key, target, details, seconds), 0.0
             before = workloads.tree_cpu_seconds(target.root_pid())
             value = self._workload(key, target, details, seconds)
-            if key in _CPU_UNITS:
-                # Native PostgreSQL's backends may still be ending: let them be reaped.
-                time.sleep(_REAP_SECONDS)
+            # Native PostgreSQL's backends may still be ending: let them be reaped.
+            time.sleep(_REAP_SECONDS)
             return value, workloads.tree_cpu_seconds(target.root_pid()) - before
         except servers.BenchError as e:
             self.failures.append(f"{key} {target.name}: {e}")
@@ -322,9 +326,9 @@ class Bench:
         The value of a target's runs (their mean: the runs are equally long)
         and, in ``details``, its CPU time per unit; None if a run failed.
         """
-        if not runs or any(run is None for run in runs):
-            return None
         done = [run for run in runs if run is not None]
+        if not done or len(done) != len(runs):
+            return None
         value = sum(v for v, _ in done) / len(done)
         if key in _CPU_UNITS:
             used = sum(cpu for _, cpu in done)

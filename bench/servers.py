@@ -346,6 +346,7 @@ class PgBouncer:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
             user=None if owner is None else owner.pw_uid,
             group=None if owner is None else owner.pw_gid,
             extra_groups=None if owner is None else [],
@@ -399,7 +400,7 @@ def start_pgtls(root: Path, pki: Pki, server: PostgresServer) -> PgtlsServer:
         port=port,
         settings=[f"max_connections = {FRONTEND_MAX_CONNECTIONS}"],
     )
-    pgtls = PgtlsServer(datadir, port)
+    pgtls = PgtlsServer(datadir, port, new_session=True)
     try:
         pgtls.start(timeout=_START_TIMEOUT)
     except RuntimeError as e:

@@ -92,11 +92,24 @@ def make_datadir(
 class PgtlsServer:
     """``twistd --nodaemon pgtls -D DIR`` as a child process."""
 
-    def __init__(self, datadir: Path, port: int, *, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        datadir: Path,
+        port: int,
+        *,
+        extra_args: Sequence[str] = (),
+        new_session: bool = False,
+    ) -> None:
+        """
+        :param new_session: start twistd in a session of its own, as a
+            daemonized twistd or a systemd service runs: the scheduler then
+            weighs it apart from the processes of the caller's session.
+        """
         self.datadir = datadir
         self.port = port
         self.logfile = datadir / "pgtls.log"
         self.extra_args = list(extra_args)
+        self.new_session = new_session
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -119,6 +132,7 @@ class PgtlsServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -37,6 +37,7 @@ from twisted.internet import main
 from twisted.internet.tcp import Connection
 
 from pgtls.fastwrite import send_or_queue, tls_ready
+from pgtls.relayreactor import dispatch_directly
 
 __all__ = ["Pump", "start"]
 
@@ -110,11 +111,14 @@ class Pump:
             self.from_ssl = connection._from_ssl
         client.doRead = self.client_read
         upstream.doRead = self.upstream_read
+        dispatch_directly(client)
+        dispatch_directly(upstream)
 
     def stop(self) -> None:
-        """Give both transports back their own ``doRead``."""
+        """Give both transports back their own ``doRead`` and the reactor's usual dispatch."""
         for transport in (self.client, self.upstream):
             transport.__dict__.pop("doRead", None)
+            dispatch_directly(transport, False)
 
     # -- client to upstream -------------------------------------------------
 

@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
-from pgtls import conf, hba
+from pgtls import conf, hba, relayreactor
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.listening import ListenService, inherited_descriptions, listen_descriptions
 from pgtls.loader import StartupError, load_hba, load_server_config
@@ -285,6 +285,7 @@ class ReloadService(Service):
 
 def makeService(options: Options) -> MultiService:
     """Load the data directory (asking for a passphrase if needed) and build the server."""
+    relayreactor.install()
     from twisted.internet import reactor
 
     try:

@@ -24,6 +24,8 @@ def test_psql_verify_full(pgtls, pki) -> None:
     )
     assert out.returncode == 0, out.stderr + server.log_text()
     assert out.stdout.strip() == "42"
+    # Relayed sessions are dispatched by pgtls's own reactor (pgtls.relayreactor).
+    assert "reactor class: pgtls.relayreactor.RelayReactor" in server.log_text()
 
 
 def test_psycopg_direct(pgtls, pki) -> None:

@@ -27,6 +27,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import tls as twisted_tls
 
 from pgtls import pump
+from pgtls.relayreactor import is_direct
 
 
 class Counts:
@@ -96,11 +97,19 @@ def test_start_declines_other_transports(upstream: Pair) -> None:
     assert "doRead" not in upstream.transport.__dict__
 
 
+def test_a_relayed_session_is_dispatched_directly(session: Session) -> None:
+    """Both legs skip the relay reactor's per-event log context (pgtls.relayreactor)."""
+    assert is_direct(session.tls.transport)
+    assert is_direct(session.upstream.transport)
+
+
 def test_stop_gives_back_doread(session: Session) -> None:
     assert "doRead" in session.tls.transport.__dict__
     session.pump.stop()
     assert "doRead" not in session.tls.transport.__dict__
     assert "doRead" not in session.upstream.transport.__dict__
+    assert not is_direct(session.tls.transport)
+    assert not is_direct(session.upstream.transport)
     # Twisted's own path again: decrypted bytes reach the protocol on top.
     session.client_sends(b"after the pump")
     assert session.tls.pair.protocol.received == b"after the pump"

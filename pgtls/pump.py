@@ -56,6 +56,7 @@ _UPSTREAM = bytearray(_READ)
 _UPSTREAM_VIEW = memoryview(_UPSTREAM)
 _UPSTREAM_PTR = _ffi.from_buffer(_UPSTREAM)
 _WANT_READ = _lib.SSL_ERROR_WANT_READ
+_NULL = _ffi.NULL
 
 
 def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pump | None:
@@ -157,8 +158,10 @@ class Pump:
             # meets the same and ends the connection its own way.
             self.tls._flushReceiveBIO()
             return
-        # What reading made OpenSSL answer (a KeyUpdate, say) goes out now.
-        self._send_records()
+        # What reading made OpenSSL answer (a KeyUpdate, say) goes out now;
+        # there is seldom any, and asking costs less than a read that fails.
+        if _lib.BIO_get_mem_data(self.from_ssl, _NULL) > 0:
+            self._send_records()
 
     # -- upstream to client -------------------------------------------------
 
@@ -205,6 +208,8 @@ class Pump:
             if size <= 0:
                 return
             send_or_queue(self.client, _ffi.buffer(_SEALED, size), raw.write)
+            if size < _RECORDS:
+                return  # a memory BIO gives all it holds: it is empty now
 
 
 def _renew_bios(connection: Any) -> None:

@@ -52,6 +52,9 @@ _RECORDS = 2**17
 # buffer's bytes are sent, or copied into a queue, before the next read.
 _PLAIN = _ffi.new("char[]", _READ)
 _SEALED = _ffi.new("char[]", _RECORDS)
+_CLIENT = bytearray(_READ)
+_CLIENT_VIEW = memoryview(_CLIENT)
+_CLIENT_PTR = _ffi.from_buffer(_CLIENT)
 _UPSTREAM = bytearray(_READ)
 _UPSTREAM_VIEW = memoryview(_UPSTREAM)
 _UPSTREAM_PTR = _ffi.from_buffer(_UPSTREAM)
@@ -129,24 +132,24 @@ class Pump:
         if self.tls is not None and not tls_ready(self.tls):
             return type(client).doRead(client)
         try:
-            data = client.socket.recv(client.bufferSize)
+            size = client.socket.recv_into(_CLIENT)
         except BlockingIOError:
             return None
         except OSError:
             return main.CONNECTION_LOST
-        if not data:
+        if not size:
             return main.CONNECTION_DONE
         if self.tls is None:
-            self.up_counter.bytes_up += len(data)
-            send_or_queue(self.upstream, data, self.upstream.write)
+            self.up_counter.bytes_up += size
+            send_or_queue(self.upstream, _CLIENT_VIEW[:size], self.upstream.write)
         else:
-            self._decrypt(data)
+            self._decrypt(size)
         return None
 
-    def _decrypt(self, data: bytes) -> None:
+    def _decrypt(self, received: int) -> None:
         ssl = self.ssl
-        # A memory BIO takes all it is given.
-        _lib.BIO_write(self.into_ssl, data, len(data))
+        # A memory BIO takes all it is given (a copy).
+        _lib.BIO_write(self.into_ssl, _CLIENT_PTR, received)
         while True:
             size = _lib.SSL_read(ssl, _PLAIN, _READ)
             if size <= 0:

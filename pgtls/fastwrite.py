@@ -32,15 +32,21 @@ if TYPE_CHECKING:
 __all__ = ["send_or_queue", "tls_ready"]
 
 
-def _idle_socket(transport: Any) -> Any:
+def send_or_queue(transport: Any, data: Buffer, queue: Callable[[bytes], object]) -> None:
     """
-    The socket of a connected Twisted socket transport with nothing queued
-    and no close under way, or None.
+    Send ``data`` on the transport's socket if it is idle (a connected
+    Twisted socket transport with nothing queued and no close under way);
+    give what was not sent to ``queue`` (Twisted's buffered write for that
+    socket), as bytes of its own: ``data`` may be a view of a buffer that is
+    used again.
+
+    A socket error is left for Twisted to meet again on its next write, so
+    the connection ends the way it always does.
     """
-    if not isinstance(transport, Connection):
-        return None
+    # Inline rather than a helper: this runs for every relayed message.
     if (
-        not transport.connected
+        not isinstance(transport, Connection)
+        or not transport.connected
         or transport.disconnecting
         or transport._writeDisconnecting
         or transport._writeDisconnected
@@ -49,33 +55,17 @@ def _idle_socket(transport: Any) -> Any:
         # A UNIX transport's file descriptors travel with its queued bytes.
         or getattr(transport, "_sendmsgQueue", None)
     ):
-        return None
-    return transport.socket
-
-
-def send_or_queue(transport: Any, data: Buffer, queue: Callable[[bytes], object]) -> None:
-    """
-    Send ``data`` on the transport's socket if it is idle; give what was not
-    sent to ``queue`` (Twisted's buffered write for that socket), as bytes
-    of its own: ``data`` may be a view of a buffer that is used again.
-
-    A socket error is left for Twisted to meet again on its next write, so
-    the connection ends the way it always does.
-    """
-    sock = _idle_socket(transport)
-    if sock is None:
         queue(_owned(data))
         return
-    view = memoryview(data)
     try:
-        sent = sock.send(view)
+        sent = transport.socket.send(data)
     except BlockingIOError:
         sent = 0
     except OSError:
         queue(_owned(data))
         return
-    if sent < len(view):
-        queue(bytes(view[sent:]))
+    if sent < len(data):  # type: ignore[arg-type]
+        queue(bytes(memoryview(data)[sent:]))
 
 
 def _owned(data: Buffer) -> bytes:

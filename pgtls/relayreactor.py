@@ -21,6 +21,7 @@ nothing has chosen one yet (``twistd --reactor`` still wins).
 from __future__ import annotations
 
 import errno
+import select
 import sys
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = ["dispatch_directly", "install", "is_direct"]
 # here: it lives and dies with the transport, so a descriptor number used
 # again by a later connection never inherits it.
 _DIRECT = "_pgtlsDispatchDirectly"
+_READABLE = getattr(select, "EPOLLIN", 1)
 
 
 def dispatch_directly(transport: Any, direct: bool = True) -> None:
@@ -73,15 +75,25 @@ if EPollReactor is not None:
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue
-                if getattr(selectable, _DIRECT, False):
+                if not getattr(selectable, _DIRECT, False):
+                    log.callWithLogger(selectable, dispatch, selectable, fd, event)
+                elif event == _READABLE:
+                    # The relay's common case: _doReadOrWrite's read branch,
+                    # without its checks for the cases this is not.
+                    try:
+                        why = selectable.doRead()
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        self._disconnectSelectable(selectable, why, True)
+                else:
                     try:
                         dispatch(selectable, fd, event)
                     except Exception:
                         # _doReadOrWrite catches what the transport raises;
                         # this is what callWithLogger would catch beyond it.
                         log.err(None, "relayed socket event")
-                else:
-                    log.callWithLogger(selectable, dispatch, selectable, fd, event)
 
         doIteration = doPoll
 

@@ -31,6 +31,7 @@ class Reader:
         self.sock = sock
         self.result = result
         self.reads: list[bytes] = []
+        self.writes = 0
         self.lost: list[Failure] = []
 
     def fileno(self) -> int:
@@ -44,6 +45,10 @@ class Reader:
             raise self.result
         self.reads.append(self.sock.recv(100))
         return self.result
+
+    def doWrite(self) -> object:
+        self.writes += 1
+        return None
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost.append(reason)
@@ -92,6 +97,34 @@ def test_a_direct_descriptor_skips_the_log_context(
     reactor.doIteration(0)
     assert reader.reads == [b"query"]
     assert logged_calls == []
+
+
+def test_a_direct_descriptor_both_readable_and_writable_gets_both(
+    reactor: Any, pair: tuple[socket.socket, socket.socket], logged_calls: list[object]
+) -> None:
+    """Not the plain readable case: Twisted's own _doReadOrWrite serves it."""
+    reader = Reader(pair[0])
+    dispatch_directly(reader)
+    reactor.addReader(reader)
+    reactor.addWriter(reader)
+    pair[1].send(b"query")
+    reactor.doIteration(0)
+    assert reader.reads == [b"query"]
+    assert reader.writes == 1
+    assert logged_calls == []
+
+
+def test_a_direct_descriptor_whose_peer_hung_up_ends(
+    reactor: Any, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    reader = Reader(pair[0], result=None)
+    dispatch_directly(reader)
+    reactor.addReader(reader)
+    pair[1].close()
+    # EPOLLIN | EPOLLHUP: the read finds the end of the stream.
+    reader.doRead = lambda: main.CONNECTION_DONE  # type: ignore[method-assign]
+    reactor.doIteration(0)
+    assert [f.type for f in reader.lost] == [error.ConnectionDone]
 
 
 def test_other_descriptors_keep_twisted_dispatch(

@@ -14,7 +14,10 @@ the connection's name in front.
 
 A transport opts in with :func:`dispatch_directly` (pgtls.pump does, for
 both legs of a relayed session); every other descriptor is dispatched
-exactly as Twisted does.  :func:`install` makes this the reactor when
+exactly as Twisted does.  An opted-in transport's plain read event (the
+relay's common case) goes straight to its ``doRead``, as the reactor's
+``_doReadOrWrite`` would call it; any other event goes through
+``_doReadOrWrite`` itself.  :func:`install` makes this the reactor when
 nothing has chosen one yet (``twistd --reactor`` still wins).
 """
 

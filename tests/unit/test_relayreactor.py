@@ -87,30 +87,26 @@ def logged_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return calls
 
 
+@pytest.mark.parametrize("writing", [False, True])
 def test_a_direct_descriptor_skips_the_log_context(
-    reactor: Any, pair: tuple[socket.socket, socket.socket], logged_calls: list[object]
+    reactor: Any,
+    pair: tuple[socket.socket, socket.socket],
+    logged_calls: list[object],
+    writing: bool,
 ) -> None:
+    """
+    Readable only (straight to doRead) or readable and writable (Twisted's
+    own _doReadOrWrite): no log context either way.
+    """
     reader = Reader(pair[0])
     dispatch_directly(reader)
     reactor.addReader(reader)
+    if writing:
+        reactor.addWriter(reader)
     pair[1].send(b"query")
     reactor.doIteration(0)
     assert reader.reads == [b"query"]
-    assert logged_calls == []
-
-
-def test_a_direct_descriptor_both_readable_and_writable_gets_both(
-    reactor: Any, pair: tuple[socket.socket, socket.socket], logged_calls: list[object]
-) -> None:
-    """Not the plain readable case: Twisted's own _doReadOrWrite serves it."""
-    reader = Reader(pair[0])
-    dispatch_directly(reader)
-    reactor.addReader(reader)
-    reactor.addWriter(reader)
-    pair[1].send(b"query")
-    reactor.doIteration(0)
-    assert reader.reads == [b"query"]
-    assert reader.writes == 1
+    assert reader.writes == (1 if writing else 0)
     assert logged_calls == []
 
 

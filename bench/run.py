@@ -63,6 +63,9 @@ _SMOKE = {
 # W1 and W2 run in slices, the targets taking turns: this machine's speed
 # drifts within seconds, and a ratio is fair only when its two sides share it.
 _SLICED = ("w1_c16", "w1_c1", "w2_connect")
+# W3 runs its whole COPY this many times per target and round (once when
+# --slices is 1), the targets taking turns, for the same reason.
+_W3_RUNS = 2
 
 # What the front end's CPU time is reported per (rounds[].details[target][key]):
 # native's front end is the postmaster and its backends, which also run the
@@ -114,7 +117,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "--slices",
         type=int,
         help="W1, W2: each target's pgbench time in this many runs of whole "
-        "seconds, the targets taking turns (default 4)",
+        "seconds, the targets taking turns, every other turn in reverse order "
+        f"(default 4); W3 runs {_W3_RUNS} times so, or once when this is 1",
     )
     parser.add_argument(
         "--smoke",
@@ -279,11 +283,16 @@ class Bench:
             self.details.append(details)
             for workload in WORKLOADS:
                 key = workload.key
-                slices = self.config.slices if key in _SLICED else 1
-                seconds = max(1, round(self.config.duration / slices))
+                turns = self._turns(key)
+                seconds = max(1, round(self.config.duration / turns))
                 runs: dict[str, list[tuple[float, float] | None]] = {t: [] for t in self.targets}
-                for _ in range(slices):
-                    for name, target in self.targets.items():
+                for turn in range(turns):
+                    order = list(self.targets.items())
+                    if turn % 2:
+                        # Every other turn backwards: a steady drift of the
+                        # machine's speed then favours no target.
+                        order.reverse()
+                    for name, target in order:
                         runs[name].append(self._measure(key, target, details[name], seconds))
                 for name in self.targets:
                     value = self._combine(key, runs[name], seconds, details[name])
@@ -294,6 +303,14 @@ class Bench:
                         shown += f", front end CPU {cpu:.0f} us/{_CPU_UNITS[key]}"
                     _say(f"round {number}/{self.config.rounds} {key} {name}: {shown}")
             report.write_json(self.config.json_path, self.document())
+
+    def _turns(self, key: str) -> int:
+        """How many runs of ``key`` each target gets in a round."""
+        if key in _SLICED:
+            return self.config.slices
+        if key == "w3_copy":
+            return min(self.config.slices, _W3_RUNS)
+        return 1
 
     def _measure(
         self, key: str, target: servers.Target, details: dict[str, Any], seconds: int
@@ -382,6 +399,7 @@ class Bench:
                 "rounds": config.rounds,
                 "duration_s": config.duration,
                 "slices": config.slices,
+                "w3_runs": min(config.slices, _W3_RUNS),
                 "pgbench_scale": config.scale,
                 "copy_rows": config.copy_rows,
                 "idle_sessions": config.sessions,
@@ -418,7 +436,8 @@ class Bench:
             f"pgtls benchmark{' (smoke: numbers mean nothing)' if config.smoke else ''}: "
             f"{config.rounds} round(s), {config.duration:g} s pgbench runs "
             f"in {config.slices} slice(s), "
-            f"pgbench scale {config.scale}, W3 {config.copy_rows} rows, "
+            f"pgbench scale {config.scale}, "
+            f"W3 {min(config.slices, _W3_RUNS)} run(s) of {config.copy_rows} rows, "
             f"W4 {config.sessions} idle sessions",
             f"{os.cpu_count()} CPUs, load average before: {load}; after: {load_now}",
             *(f"{name}: {version}" for name, version in self.versions.items()),

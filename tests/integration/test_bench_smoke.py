@@ -23,8 +23,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     """
     ``bench/run.py --smoke`` exits 0, prints the table, and writes JSON with
     a positive median for every workload and target and a positive ratio to
-    native PostgreSQL for each.  W1 and W2 run in two slices, the targets
-    taking turns.
+    native PostgreSQL for each.  W1 and W2 run in two slices and W3 twice,
+    the targets taking turns.
     """
     out = tmp_path / "bench.json"
     result = subprocess.run(
@@ -48,6 +48,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     document = json.loads(out.read_text())
     assert document["config"]["targets"] == list(TARGETS)
     assert document["config"]["slices"] == 2
+    assert document["config"]["w3_runs"] == 2
     assert document["failures"] == []
     assert sorted(document["workloads"]) == sorted(WORKLOADS)
     assert len(document["rounds"]) == 1

@@ -7,7 +7,7 @@ Twisted's epoll reactor calls each socket event inside
 it as the legacy log context, so that a ``log.msg`` or ``log.err`` from
 inside names the connection.  On a relayed session that is about a third of
 pgtls's own work per query (callgrind: 111k instructions per relayed query
-with it, 79k without), for a context the relay path has no use for: the
+with it, 80k without), for a context the relay path has no use for: the
 fast path (:mod:`pgtls.pump`) logs nothing, and the errors that the
 reactor's ``_doReadOrWrite`` catches are logged all the same, only without
 the connection's name in front.
@@ -30,7 +30,7 @@ from typing import Any
 
 from twisted.python import log
 
-__all__ = ["dispatch_directly", "install", "is_direct"]
+__all__ = ["RelayReactor", "dispatch_directly", "install", "is_direct"]
 
 # An attribute on the transport rather than a set of file descriptors kept
 # here: it lives and dies with the transport, so a descriptor number used

@@ -80,23 +80,25 @@ if EPollReactor is not None:
                     continue
                 if not getattr(selectable, _DIRECT, False):
                     log.callWithLogger(selectable, dispatch, selectable, fd, event)
-                elif event == _READABLE:
-                    # The relay's common case: _doReadOrWrite's read branch,
-                    # without its checks for the cases this is not.
-                    try:
-                        why = selectable.doRead()
-                    except BaseException:
-                        why = sys.exc_info()[1]
-                        log.err()
-                    if why:
-                        self._disconnectSelectable(selectable, why, True)
-                else:
-                    try:
+                    continue
+                try:
+                    if event == _READABLE:
+                        # The relay's common case: _doReadOrWrite's read
+                        # branch, without its checks for the cases this is not.
+                        try:
+                            why = selectable.doRead()
+                        except BaseException:
+                            why = sys.exc_info()[1]
+                            log.err()
+                        if why:
+                            self._disconnectSelectable(selectable, why, True)
+                    else:
                         dispatch(selectable, fd, event)
-                    except Exception:
-                        # _doReadOrWrite catches what the transport raises;
-                        # this is what callWithLogger would catch beyond it.
-                        log.err(None, "relayed socket event")
+                except Exception:
+                    # What the transport raises is caught above or by
+                    # _doReadOrWrite; this is what callWithLogger would
+                    # catch beyond it (an error while disconnecting).
+                    log.err(None, "relayed socket event")
 
         doIteration = doPoll
 

@@ -98,6 +98,11 @@ class Config:
     smoke: bool
     json_path: Path
 
+    @property
+    def w3_runs(self) -> int:
+        """W3's runs per target and round."""
+        return min(self.slices, _W3_RUNS)
+
 
 def parse_args(argv: Sequence[str] | None) -> Config:
     """
@@ -309,7 +314,7 @@ class Bench:
         if key in _SLICED:
             return self.config.slices
         if key == "w3_copy":
-            return min(self.config.slices, _W3_RUNS)
+            return self.config.w3_runs
         return 1
 
     def _measure(
@@ -399,7 +404,7 @@ class Bench:
                 "rounds": config.rounds,
                 "duration_s": config.duration,
                 "slices": config.slices,
-                "w3_runs": min(config.slices, _W3_RUNS),
+                "w3_runs": config.w3_runs,
                 "pgbench_scale": config.scale,
                 "copy_rows": config.copy_rows,
                 "idle_sessions": config.sessions,
@@ -437,7 +442,7 @@ class Bench:
             f"{config.rounds} round(s), {config.duration:g} s pgbench runs "
             f"in {config.slices} slice(s), "
             f"pgbench scale {config.scale}, "
-            f"W3 {min(config.slices, _W3_RUNS)} run(s) of {config.copy_rows} rows, "
+            f"W3 {config.w3_runs} run(s) of {config.copy_rows} rows, "
             f"W4 {config.sessions} idle sessions",
             f"{os.cpu_count()} CPUs, load average before: {load}; after: {load_now}",
             *(f"{name}: {version}" for name, version in self.versions.items()),

@@ -13,6 +13,10 @@ it always does (flow control included: a producer is paused when the queue
 is full).  When the transport is not idle it all goes to the queue, behind
 what was written earlier.  :func:`tls_ready` tells whether a TLS layer may
 be bypassed: :mod:`pgtls.pump` encrypts on its own only then.
+:func:`start_tls` layers TLS on a socket transport as its ``startTLS``
+does, but the TLS layer's own records (the handshake's flights, alerts,
+close_notify) go through :func:`send_or_queue` too, rather than each
+waiting one epoll round trip for the reactor.
 
 This leans on Twisted's internals (the socket transport's send queue, the
 TLS layer's buffers); the unit tests pin each of them.
@@ -21,15 +25,18 @@ TLS layer's buffers); the unit tests pin each of them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import _newtls
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.tcp import Connection
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["send_or_queue", "tls_ready"]
+__all__ = ["send_or_queue", "start_tls", "tls_ready"]
 
 
 def send_or_queue(transport: Any, data: Buffer, queue: Callable[[bytes], object]) -> None:
@@ -71,6 +78,31 @@ def send_or_queue(transport: Any, data: Buffer, queue: Callable[[bytes], object]
 def _owned(data: Buffer) -> bytes:
     """``data`` itself when it is bytes (they never change), else a copy."""
     return data if isinstance(data, bytes) else bytes(data)
+
+
+class _SendAtOnce(FileDescriptor):
+    """
+    The socket methods a TLS layer writes its records through: Twisted's
+    own (FileDescriptor's, which ``startTLS`` gives it), but ``write``
+    sends at once when the socket is idle.  They are called unbound, with
+    the socket transport as ``self``.
+    """
+
+    def write(self, data: Any) -> None:
+        send_or_queue(self, data, partial(FileDescriptor.write, self))
+
+
+def start_tls(transport: Any, context: object) -> None:
+    """
+    ``transport.startTLS(context)``, the records of the TLS layer sent at
+    once (see :class:`_SendAtOnce`) when the transport is a socket
+    transport; any other transport starts TLS its own way.
+    """
+    if isinstance(transport, Connection):
+        # What ConnectionMixin.startTLS does, with another bypass.
+        _newtls.startTLS(transport, context, True, _SendAtOnce)
+    else:
+        transport.startTLS(context)
 
 
 def tls_ready(tls: Any) -> bool:

@@ -30,6 +30,7 @@ from zope.interface import implementer
 from pgtls import hba, wire
 from pgtls.conf import Settings
 from pgtls.conninfo import Upstream
+from pgtls.fastwrite import send_or_queue, start_tls
 from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
 from pgtls.pump import Pump
 from pgtls.pump import start as start_pump
@@ -344,7 +345,9 @@ class FrontDoor(Protocol):
             if self.reader.buffered:
                 self._refuse(wire.UnencryptedDataAfterSSLRequest())
             return
-        self.transport.write(b"S")
+        # The client waits for this byte; TLS is not on yet, so it may go
+        # straight to the socket.
+        send_or_queue(self.transport, b"S", self.transport.write)
         # Bytes sent before the client could have seen our S were not
         # protected by TLS: they are dropped, never relayed, and the session
         # is refused once TLS is up (CVE-2021-23214), as PostgreSQL 15 does.
@@ -366,7 +369,7 @@ class FrontDoor(Protocol):
     def _start_tls(self, tls: ServerTLS) -> None:
         self.phase = Phase.HANDSHAKE
         self.encryption = "ssl"
-        self.transport.startTLS(tls)
+        start_tls(self.transport, tls)
 
     def _client_cert_missing(self) -> bool:
         tls = self.door.tls
@@ -498,7 +501,7 @@ class FrontDoor(Protocol):
         self._reader = None
         self.startup = self.startup.brief()
         self.bytes_up += len(first)
-        upstream.transport.write(first)
+        send_or_queue(upstream.transport, first, upstream.transport.write)
         splice(self.transport, upstream.transport)
         self.pump = start_pump(self.transport, upstream.transport, self, upstream)
         self.transport.resumeProducing()

@@ -10,6 +10,7 @@ A test sees which sockets wait for the reactor (``reactor.writers``), calls
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from twisted.protocols import tls as twisted_tls
 from zope.interface import implementer
 
 from pgtls import certs
+from pgtls.fastwrite import start_tls
 
 SMALL_BUFFER = 4096
 
@@ -157,12 +159,15 @@ def server_options() -> ServerOptions:
 
 
 class TLSPair:
-    """A Pair whose transport has started TLS as a server, and a memory-BIO client."""
+    """
+    A Pair whose transport has started TLS as a server, as pgtls starts it
+    (pgtls.fastwrite.start_tls), and a memory-BIO client.
+    """
 
     def __init__(self, pair: Pair) -> None:
         self.pair = pair
         self.transport = pair.transport
-        self.transport.startTLS(server_options())
+        start_tls(self.transport, server_options())
         self.tls: Any = self.transport.protocol
         context = SSL.Context(SSL.TLS_METHOD)
         self.client = SSL.Connection(context, None)
@@ -182,6 +187,13 @@ class TLSPair:
             self._client_to_server()
             self.deliver(drain(self.pair))
         raise AssertionError("no handshake")
+
+    def client_hello(self) -> None:
+        """The client's first flight, read by the server; nothing else is done."""
+        self.client.set_connect_state()
+        with contextlib.suppress(SSL.WantReadError):
+            self.client.do_handshake()
+        self._client_to_server()
 
     def _client_to_server(self) -> None:
         try:

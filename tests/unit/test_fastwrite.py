@@ -1,7 +1,8 @@
 """
 Unit tests for pgtls.fastwrite: relayed bytes are sent at once when the
 transport is idle, and otherwise take Twisted's own write path, in order;
-a TLS layer is bypassed only in its plain state.
+so are the records of a TLS layer that start_tls started; a TLS layer is
+bypassed only in its plain state.
 
 The transports are Twisted's real socket transports over a socketpair
 (tests/unit/socketpairs.py); TLS is real too.
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from OpenSSL import SSL
 from socketpairs import Pair, Producer, TLSPair, drain, server_options
 from twisted.internet import main
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from pgtls.fastwrite import send_or_queue, tls_ready
+from pgtls.fastwrite import send_or_queue, start_tls, tls_ready
 
 
 def send(transport: Any, data: bytes) -> None:
@@ -101,6 +104,63 @@ def test_a_view_is_copied_before_it_is_queued(pair: Pair) -> None:
     assert drain(pair) == b"queued relayed bytes"
 
 
+# -- the TLS layer's own records ---------------------------------------------
+
+
+class Handshake(TLSPair):
+    """A server that has started TLS and the client's first flight, no further."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.transport = pair.transport
+        start_tls(self.transport, server_options())
+        self.tls = self.transport.protocol
+        self.client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        self.plaintext = b""
+
+
+def test_handshake_flight_is_sent_at_once(pair: Pair, clock: MemoryReactorClock) -> None:
+    """The server's answer to a ClientHello is on the socket when the read returns."""
+    handshake = Handshake(pair)
+    handshake.client_hello()
+    assert not pair.waiting()
+    flight = pair.peer_read()
+    assert flight[:1] == b"\x16"  # a handshake record
+    handshake.deliver(flight)
+    assert handshake.client.get_protocol_version_name() != "Unknown"
+
+
+def test_handshake_flight_queues_behind_queued_bytes(pair: Pair, clock: MemoryReactorClock) -> None:
+    """Bytes queued before TLS started (an ``S``) are sent before the server's flight."""
+    pair.transport.write(b"S")
+    handshake = Handshake(pair)
+    handshake.client_hello()
+    assert pair.peer_read() == b""
+    sent = drain(pair)
+    assert sent[:2] == b"S\x16"
+
+
+def test_tls_close_is_sent_at_once(tls_pair: TLSPair) -> None:
+    """A close_notify needs no reactor turn either."""
+    tls_pair.transport.loseConnection()
+    assert not tls_pair.pair.waiting()
+    tls_pair.client.bio_write(tls_pair.pair.peer_read())
+    with pytest.raises(SSL.ZeroReturnError):
+        tls_pair.client.recv(1)
+
+
+def test_other_transports_start_tls_their_way() -> None:
+    started: list[object] = []
+
+    class Recording(StringTransport):
+        def startTLS(self, context: object) -> None:
+            started.append(context)
+
+    context = object()
+    start_tls(Recording(), context)
+    assert started == [context]
+
+
 # -- the TLS layer's state ----------------------------------------------------
 
 
@@ -109,7 +169,7 @@ def test_tls_ready_after_the_handshake(tls_pair: TLSPair) -> None:
 
 
 def test_tls_not_ready_before_the_handshake(pair: Pair, clock: MemoryReactorClock) -> None:
-    pair.transport.startTLS(server_options())
+    start_tls(pair.transport, server_options())
     assert not tls_ready(pair.transport.protocol)
 
 

@@ -1,10 +1,11 @@
 """
-pgtls benchmark: native PostgreSQL SSL, PgBouncer and pgtls compared.
+pgtls benchmark: native PostgreSQL SSL, PgBouncer, pgtls and stunnel compared.
 
 One PostgreSQL 15 cluster with a pgbench database, and in front of it, on
 127.0.0.1: PostgreSQL itself with ``ssl = on``; PgBouncer in session mode
-with TLS required from clients; pgtls.  Both relays reach the cluster over
-its Unix socket, and all three present the same ECDSA P-256 certificate.
+with TLS required from clients; pgtls; stunnel, a TLS relay written in C,
+for reference.  The three relays reach the cluster over its Unix socket,
+and all four present the same ECDSA P-256 certificate.
 Each round runs every workload against every target in turn (see
 workloads.py; W1 and W2 in slices, the targets taking turns); the table
 gives medians over the rounds, min-max, and each target's ratio to native
@@ -13,7 +14,7 @@ PostgreSQL measured in the same round.
 Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/run.py [--rounds N] [--duration S] [--slices K] [--smoke]
-        [--targets native,pgbouncer,pgtls] [--json PATH]
+        [--targets native,pgbouncer,pgtls,stunnel] [--json PATH]
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ import workloads
 from report import WORKLOADS
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = ("native", "pgbouncer", "pgtls")
+TARGETS = ("native", "pgbouncer", "pgtls", "stunnel")
+# Debian's package of each relay that is not this project's; the package
+# installs a program of its name.
+_PACKAGES = {"pgbouncer": "pgbouncer", "stunnel": "stunnel4"}
 
 _FULL = {
     "rounds": 3,
@@ -197,8 +201,10 @@ def _version(argv: list[str]) -> str:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except OSError:
         return "unknown"
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0] if lines else "unknown"
+    # stunnel says something else first: the version is the first line with a digit.
+    text = done.stdout or done.stderr
+    lines = [line for line in text.splitlines() if any(map(str.isdigit, line))]
+    return lines[0].strip() if lines else "unknown"
 
 
 class Bench:
@@ -230,7 +236,11 @@ class Bench:
         :raises servers.BenchError: when one cannot start.
         """
         config = self.config
-        pgbouncer_bin = servers.find_pgbouncer() if "pgbouncer" in config.targets else None
+        programs = {
+            name: servers.find_program(_PACKAGES[name])
+            for name in config.targets
+            if name in _PACKAGES
+        }
         pki, cert, key = servers.make_certificate(self.root / "pki")
         _say(f"starting PostgreSQL and creating a scale-{config.scale} pgbench database")
         self.postgres = servers.start_postgres(cert, key, config.scale)
@@ -242,26 +252,23 @@ class Bench:
         for name in config.targets:
             if name == "native":
                 self.targets[name] = servers.Target(name, self.postgres.port, self.upstream_root)
-            elif name == "pgbouncer":
-                assert pgbouncer_bin is not None
-                self._start_pgbouncer(pgbouncer_bin, cert, key)
-            else:
+            elif name == "pgtls":
                 self._start_pgtls(pki)
+            else:
+                self._start_relay(name, programs[name], cert, key)
         for name, target in self.targets.items():
             self.tls[name] = workloads.tls_description(bindir, target)
             _say(f"{name} on 127.0.0.1:{target.port}: {self.tls[name]}")
 
-    def _start_pgbouncer(self, executable: str, cert: Path, key: Path) -> None:
-        bouncer = servers.PgBouncer(executable, self.root / "pgbouncer", self.postgres, cert, key)
-        self.stack.callback(bouncer.stop)
-        bouncer.start()
-        self.versions["pgbouncer"] = _version([executable, "--version"])
-        self.targets["pgbouncer"] = servers.Target(
-            "pgbouncer",
-            bouncer.port,
-            lambda: bouncer.pid,
-            fresh=bouncer.restart,
-            release=bouncer.restart,
+    def _start_relay(self, name: str, executable: str, cert: Path, key: Path) -> None:
+        """PgBouncer or stunnel; a restart frees whatever a relay keeps after W4."""
+        kind = servers.PgBouncer if name == "pgbouncer" else servers.Stunnel
+        relay = kind(executable, self.root / name, self.postgres, cert, key)
+        self.stack.callback(relay.stop)
+        relay.start()
+        self.versions[name] = _version([executable, relay.version_flag])
+        self.targets[name] = servers.Target(
+            name, relay.port, lambda: relay.pid, fresh=relay.restart, release=relay.restart
         )
 
     def _start_pgtls(self, pki: servers.Pki) -> None:

@@ -1,11 +1,11 @@
 """
-The benchmark's servers: one PostgreSQL cluster and the three TLS front ends.
+The benchmark's servers: one PostgreSQL cluster and the TLS front ends.
 
 Everything listens on 127.0.0.1 or on Unix sockets in temporary directories.
 The PostgreSQL cluster is tests/integration/pgserver.py's
 :class:`PostgresServer` with TCP and ``ssl = on`` (the "native" target) and a
-pgbench database; PgBouncer and pgtls relay to it over its Unix socket.  All
-three present the same ECDSA P-256 server certificate.
+pgbench database; PgBouncer, pgtls and stunnel relay to it over its Unix
+socket.  All present the same ECDSA P-256 server certificate.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ __all__ = [
     "BenchError",
     "PgBouncer",
     "Pki",
+    "Stunnel",
     "Target",
     "client_env",
-    "find_pgbouncer",
+    "find_program",
     "make_certificate",
     "pgtls_pid",
     "postmaster_pid",
@@ -85,7 +86,7 @@ class Target:
     """
     One front end under test, as the workloads see it.
 
-    :param name: ``native``, ``pgbouncer`` or ``pgtls``.
+    :param name: ``native``, ``pgbouncer``, ``pgtls`` or ``stunnel``.
     :param port: its TCP port on 127.0.0.1.
     :param root_pid: the process whose tree holds the front end's memory
         (the postmaster for native PostgreSQL, whose backends do the TLS).
@@ -219,69 +220,158 @@ def _apt_install(package: str) -> None:
         subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=False)
 
 
-def find_pgbouncer(*, install: bool = True) -> str:
+def find_program(package: str, *, install: bool = True) -> str:
     """
-    The pgbouncer executable; installed with apt-get when missing, if allowed
-    and running as root.
+    The executable of Debian's ``package``, named as the package is (on PATH
+    or in /usr/sbin); the package is installed with apt-get when it is
+    missing, if allowed and running as root.
 
     :raises BenchError: when it is missing and cannot be installed; the
         message says what to install.
     """
-    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    found = shutil.which(package) or shutil.which(package, path="/usr/sbin")
     if found:
         return found
     if install and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("bench: installing Debian's pgbouncer package", file=sys.stderr)
-        _apt_install("pgbouncer")
-        found = shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
+        print(f"bench: installing Debian's {package} package", file=sys.stderr)
+        _apt_install(package)
+        found = shutil.which(package, path="/usr/sbin:/usr/bin")
         if found:
             return found
     raise BenchError(
-        "pgbouncer not found: install Debian's pgbouncer package "
-        "(apt-get install pgbouncer), run this as root (it installs it), "
-        "or leave it out with --targets native,pgtls"
+        f"{package} not found: install Debian's {package} package "
+        f"(apt-get install {package}), run this as root (it installs it), "
+        "or leave it out with --targets"
     )
 
 
-class PgBouncer:
+class _Daemon:
     """
-    PgBouncer in session mode, TLS required from clients, relaying to the
-    cluster over its Unix socket.
+    A front end run in the foreground from its own directory, in a session
+    of its own (as a service manager would run it), its output in a log.
 
-    PgBouncer refuses to run as root, so as root it runs as the ``postgres``
-    system user (the cluster's owner), with its files in a directory of its own.
+    As root it runs as the ``postgres`` system user (the cluster's owner),
+    with its files in a directory of its own: PgBouncer refuses root.
     """
 
-    def __init__(self, executable: str, root: Path, server: PostgresServer, cert: Path, key: Path):
+    name = "daemon"
+    version_flag = "--version"
+
+    def __init__(self, executable: str, root: Path, cert: Path, key: Path) -> None:
         """
-        Write the configuration; start nothing yet.
-
-        :param executable: the pgbouncer binary.
+        :param executable: its binary.
         :param root: an empty directory for its files (created here).
-        :param server: the upstream cluster.
-        :param cert: the server certificate; copied in.
-        :param key: its private key; copied in, owned by PgBouncer's user.
+        :param cert: the server certificate; copied in as ``server.crt``.
+        :param key: its private key; copied in as ``server.key``, owned by
+            the front end's user.
         """
         self.executable = executable
         self.dir = root
         self.port = free_port()
-        self.log_path = root / "pgbouncer.log"
+        self.log_path = root / f"{self.name}.log"
         self._owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         root.mkdir(mode=0o700)
+        self._chown(root)
         self._install(cert, root / "server.crt")
         self._install(key, root / "server.key")
-        self._write("userlist.txt", f'"{BENCH_USER}" ""\n')
-        self._write("pgbouncer.ini", self._ini(server))
-        self._chown(root)
+
+    def argv(self) -> list[str]:
+        """The command that runs it in the foreground."""
+        raise NotImplementedError
 
     @property
     def pid(self) -> int:
-        """The running pgbouncer's process id."""
+        """The running front end's process id."""
         if self._process is None:
-            raise BenchError("pgbouncer is not running")
+            raise BenchError(f"{self.name} is not running")
         return self._process.pid
+
+    def _write(self, name: str, text: str) -> None:
+        path = self.dir / name
+        path.write_text(text)
+        path.chmod(0o600)
+        self._chown(path)
+
+    def _install(self, source: Path, target: Path) -> None:
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+        self._chown(target)
+
+    def _chown(self, path: Path) -> None:
+        if self._owner is not None:
+            os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
+
+    def start(self) -> None:
+        """
+        Start it and wait until its port accepts connections.
+
+        :raises BenchError: when it exits or does not listen within 20 s;
+            the message carries its log.
+        """
+        if self._process is not None:
+            return
+        self._log = self.log_path.open("ab")
+        owner = self._owner
+        self._process = subprocess.Popen(
+            self.argv(),
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=None if owner is None else owner.pw_uid,
+            group=None if owner is None else owner.pw_gid,
+            extra_groups=None if owner is None else [],
+        )
+        try:
+            _wait_listening(self.port, lambda: self._process is None or self._exited())
+        except BenchError as e:
+            self.stop()
+            raise BenchError(f"{self.name}: {e}\n{self.log_text()}") from None
+
+    def _exited(self) -> bool:
+        return self._process is not None and self._process.poll() is not None
+
+    def stop(self) -> None:
+        """Stop it at once (SIGTERM); a no-op if stopped."""
+        if self._process is not None:
+            _terminate(self._process)
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: a fresh process."""
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        """Everything it logged so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class PgBouncer(_Daemon):
+    """
+    PgBouncer in session mode, TLS required from clients, relaying to the
+    cluster over its Unix socket.
+    """
+
+    name = "pgbouncer"
+
+    def __init__(self, executable: str, root: Path, server: PostgresServer, cert: Path, key: Path):
+        """Write the configuration (see :class:`_Daemon`); start nothing yet."""
+        super().__init__(executable, root, cert, key)
+        self._write("userlist.txt", f'"{BENCH_USER}" ""\n')
+        self._write("pgbouncer.ini", self._ini(server))
+
+    def argv(self) -> list[str]:
+        return [self.executable, str(self.dir / "pgbouncer.ini")]
 
     def _ini(self, server: PostgresServer) -> str:
         lines = [
@@ -314,72 +404,39 @@ class PgBouncer:
         ]
         return "\n".join(lines) + "\n"
 
-    def _write(self, name: str, text: str) -> None:
-        path = self.dir / name
-        path.write_text(text)
-        path.chmod(0o600)
-        self._chown(path)
 
-    def _install(self, source: Path, target: Path) -> None:
-        shutil.copyfile(source, target)
-        target.chmod(0o600)
-        self._chown(target)
+class Stunnel(_Daemon):
+    """
+    stunnel, a TLS relay written in C, as a reference for what a relay costs:
+    it answers the SSLRequest itself (``protocol = pgsql``) and relays to the
+    cluster over its Unix socket, one thread per connection.
+    """
 
-    def _chown(self, path: Path) -> None:
-        if self._owner is not None:
-            os.chown(path, self._owner.pw_uid, self._owner.pw_gid)
+    name = "stunnel"
+    version_flag = "-version"
 
-    def start(self) -> None:
-        """
-        Start pgbouncer and wait until its port accepts connections.
+    def __init__(self, executable: str, root: Path, server: PostgresServer, cert: Path, key: Path):
+        """Write the configuration (see :class:`_Daemon`); start nothing yet."""
+        super().__init__(executable, root, cert, key)
+        lines = [
+            "foreground = yes",
+            "pid =",
+            # Warnings only: no line per connection, as for the others.
+            "debug = 4",
+            "[postgresql]",
+            f"accept = 127.0.0.1:{self.port}",
+            f"connect = {server.socket_dir}/.s.PGSQL.{server.port}",
+            "protocol = pgsql",
+            f"cert = {root / 'server.crt'}",
+            f"key = {root / 'server.key'}",
+            # The others' key exchange (PostgreSQL's ssl_ecdh_curve default).
+            "curves = prime256v1",
+            "socket = l:TCP_NODELAY=1",
+        ]
+        self._write("stunnel.conf", "\n".join(lines) + "\n")
 
-        :raises BenchError: when it exits or does not listen within 20 s;
-            the message carries its log.
-        """
-        if self._process is not None:
-            return
-        self._log = self.log_path.open("ab")
-        owner = self._owner
-        self._process = subprocess.Popen(
-            [self.executable, str(self.dir / "pgbouncer.ini")],
-            cwd=self.dir,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            user=None if owner is None else owner.pw_uid,
-            group=None if owner is None else owner.pw_gid,
-            extra_groups=None if owner is None else [],
-        )
-        try:
-            _wait_listening(self.port, lambda: self._process is None or self._exited())
-        except BenchError as e:
-            self.stop()
-            raise BenchError(f"pgbouncer: {e}\n{self.log_text()}") from None
-
-    def _exited(self) -> bool:
-        return self._process is not None and self._process.poll() is not None
-
-    def stop(self) -> None:
-        """Stop pgbouncer at once (SIGTERM: immediate shutdown); a no-op if stopped."""
-        if self._process is not None:
-            _terminate(self._process)
-            self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def restart(self) -> None:
-        """Stop and start again on the same port: a fresh process, no pooled connections."""
-        self.stop()
-        self.start()
-
-    def log_text(self) -> str:
-        """Everything pgbouncer logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+    def argv(self) -> list[str]:
+        return [self.executable, str(self.dir / "stunnel.conf")]
 
 
 # -- pgtls ----------------------------------------------------------------

@@ -50,16 +50,20 @@ if ! have_pg_binaries; then
     fi
 fi
 
-# The benchmark's smoke test compares with PgBouncer (scripts/test asks for it).
-if [[ -n ${PGTLS_NEED_PGBOUNCER:-} ]] && ! command -v pgbouncer >/dev/null \
-        && [[ ! -x /usr/sbin/pgbouncer ]]; then
-    if can_install; then
-        say "installing PgBouncer (Debian's pgbouncer package, for the benchmark)"
-        apt_install pgbouncer
-    else
-        say "pgbouncer not found: install Debian's pgbouncer package (the benchmark's smoke test needs it)"
-        exit 1
-    fi
+# The benchmark's smoke test compares with PgBouncer and stunnel (scripts/test
+# asks for them).
+if [[ -n ${PGTLS_NEED_BENCH_RELAYS:-} ]]; then
+    # Each Debian package installs a program of its name.
+    for package in pgbouncer stunnel4; do
+        command -v "$package" >/dev/null || [[ -x /usr/sbin/$package ]] && continue
+        if can_install; then
+            say "installing Debian's $package package, for the benchmark"
+            apt_install "$package"
+        else
+            say "$package not found: install Debian's $package package (the benchmark's smoke test needs it)"
+            exit 1
+        fi
+    done
 fi
 
 # The service tests verify the systemd units and use systemd-socket-activate.

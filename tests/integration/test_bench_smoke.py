@@ -3,8 +3,8 @@ The benchmark's smoke mode: bench/run.py works end to end.
 
 It measures nothing worth reading (seconds, not minutes, on a busy machine);
 it proves that every target starts and every workload runs and reports.  No
-timing is asserted.  PgBouncer is required, as for the benchmark itself:
-CI installs Debian's pgbouncer package.
+timing is asserted.  PgBouncer and stunnel are required, as for the
+benchmark itself: CI installs Debian's pgbouncer and stunnel4 packages.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = ("native", "pgbouncer", "pgtls")
+TARGETS = ("native", "pgbouncer", "pgtls", "stunnel")
 WORKLOADS = ("w1_c16", "w1_c1", "w2_connect", "w3_copy", "w4_idle")
 
 

@@ -42,6 +42,7 @@ from pgtls.relay import (
     splice,
     upstream_endpoint,
 )
+from pgtls.relayreactor import dispatch_directly
 from pgtls.tlsctx import ServerTLS, TLSInfo, describe_connection
 
 __all__ = ["FrontDoor", "FrontDoorFactory"]
@@ -211,6 +212,9 @@ class FrontDoor(Protocol):
     def connectionMade(self) -> None:
         self.door.connections.add(self)
         set_nodelay(self.transport)
+        # Its events need no legacy log context: this protocol's lines name
+        # their own namespace and host (see pgtls.relayreactor).
+        dispatch_directly(self.transport)
         settings = self.door.settings
         self._timer = self.door.reactor.callLater(
             settings.authentication_timeout, self._authentication_timed_out

@@ -1,6 +1,6 @@
 """
 The reactor ``twistd pgtls`` runs on: Twisted's epoll reactor, handing a
-relayed session's socket events straight to its transports.
+client connection's socket events straight to its transports.
 
 Twisted's epoll reactor calls each socket event inside
 ``log.callWithLogger``: it asks the transport for its log prefix and pushes
@@ -12,9 +12,11 @@ fast path (:mod:`pgtls.pump`) logs nothing, and the errors that the
 reactor's ``_doReadOrWrite`` catches are logged all the same, only without
 the connection's name in front.
 
-A transport opts in with :func:`dispatch_directly` (pgtls.pump does, for
-both legs of a relayed session); every other descriptor is dispatched
-exactly as Twisted does.  An opted-in transport's plain read event (the
+A transport opts in with :func:`dispatch_directly` (pgtls.frontdoor does
+for each client connection from its start, pgtls.pump for both legs of a
+relayed session); every other descriptor is dispatched exactly as Twisted
+does.  The front door's own log lines carry their namespace and the
+client's address, so they lose nothing.  An opted-in transport's plain read event (the
 relay's common case) goes straight to its ``doRead``, as the reactor's
 ``_doReadOrWrite`` would call it; any other event goes through
 ``_doReadOrWrite`` itself.  :func:`install` makes this the reactor when
@@ -98,7 +100,7 @@ if EPollReactor is not None:
                     # What the transport raises is caught above or by
                     # _doReadOrWrite; this is what callWithLogger would
                     # catch beyond it (an error while disconnecting).
-                    log.err(None, "relayed socket event")
+                    log.err(None, "directly dispatched socket event")
 
         doIteration = doPoll
 

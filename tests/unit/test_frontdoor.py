@@ -37,6 +37,7 @@ from pgtls.frontdoor import FrontDoor, FrontDoorFactory, Phase, client_address
 from pgtls.hba import ClientCert
 from pgtls.loader import load_server_config
 from pgtls.relay import CANCEL_TIMEOUT
+from pgtls.relayreactor import is_direct
 from pgtls.tlsctx import TLSInfo
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -292,6 +293,12 @@ def relayed_session(door: Door) -> tuple[Conn, Upstream]:
     assert upstream.transport.value() == ALICE
     upstream.transport.clear()
     return conn, upstream
+
+
+def test_a_client_connection_is_dispatched_directly(door: Door) -> None:
+    """From its first byte, it skips the relay reactor's per-event log context."""
+    conn = door.connect()
+    assert is_direct(conn.transport)
 
 
 # -- negotiation -------------------------------------------------------------

@@ -651,23 +651,26 @@ class FrontDoor(Protocol):
         info = self.tls_info
         # One event per connection, its fields named for log shippers (JSON
         # logs); the text names the TLS parameters only when TLS was up.
-        self.log.debug(
-            _SUMMARY_SSL if info else _SUMMARY_PLAIN,
-            peer=_peer(self.address, self.port),
-            host=str(self.address),
-            port=self.port,
-            user=startup.user if startup else None,
-            database=startup.database if startup else None,
-            ssl=info is not None,
-            protocol=info.protocol if info else None,
-            cipher=info.cipher if info else None,
-            outcome=self.outcome,
-            reason=self.reason,
-            detail=self.detail,
-            bytes_up=self.bytes_up,
-            bytes_down=bytes_down,
-            duration=elapsed,
-        )
+        fields = {
+            "peer": _peer(self.address, self.port),
+            "host": str(self.address),
+            "port": self.port,
+            "user": startup.user if startup else None,
+            "database": startup.database if startup else None,
+            "ssl": info is not None,
+            "protocol": info.protocol if info else None,
+            "cipher": info.cipher if info else None,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "detail": self.detail,
+            "bytes_up": self.bytes_up,
+            "bytes_down": bytes_down,
+            "duration": elapsed,
+        }
+        # str.format writes the text at once; Twisted's formatter would take
+        # its template apart in Python, field by field, for every connection.
+        summary = (_SUMMARY_SSL if info else _SUMMARY_PLAIN).format(**fields)
+        self.log.debug("session {summary}", summary=summary, **fields)
 
 
 _SUMMARY_FIELDS = (
@@ -675,11 +678,11 @@ _SUMMARY_FIELDS = (
     "duration={duration:.3f}: {detail}"
 )
 _SUMMARY_SSL = (
-    "session host={host} port={port} user={user} database={database} "
+    "host={host} port={port} user={user} database={database} "
     "ssl=on protocol={protocol} cipher={cipher} " + _SUMMARY_FIELDS
 )
 _SUMMARY_PLAIN = (
-    "session host={host} port={port} user={user} database={database} ssl=off " + _SUMMARY_FIELDS
+    "host={host} port={port} user={user} database={database} ssl=off " + _SUMMARY_FIELDS
 )
 
 

@@ -175,6 +175,7 @@ def test_summary_of_a_relayed_tls_session(door: Door) -> None:
         "duration": 1.5,
     }
     assert summary["log_level"] is LogLevel.debug
+    assert formatEvent(summary) == "session " + summary["summary"]
     assert formatEvent(summary) == (
         "session host=192.0.2.7 port=40000 user=alice database=app ssl=on protocol=TLSv1.3 "
         f"cipher=TLS_AES_256_GCM_SHA384 outcome=relayed bytes_up={len(ALICE) + 3} "

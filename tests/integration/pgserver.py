@@ -24,7 +24,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from ports import free_port
 
 __all__ = [
     "ALICE",
@@ -140,15 +141,6 @@ def find_bindir(*, root: Path = DEBIAN_ROOT, environ: Mapping[str, str] | None =
     )
 
 
-def _free_tcp_port() -> int:
-    # PostgreSQL uses one port number for its Unix socket and TCP listener, so
-    # take one that is free on loopback even when TCP is off.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _conf_value(value: str) -> str:
     # Every setting type accepts a quoted string in postgresql.conf.
     return "'" + value.replace("'", "''") + "'"
@@ -221,7 +213,9 @@ class PostgresServer:
         self._hba = tuple(hba)
         self._extra_settings = dict(settings or {})
         self._owner = self._server_user()
-        self._port = _free_tcp_port()
+        # One port number for the Unix socket and the TCP listener: free on
+        # loopback even when TCP is off.
+        self._port = free_port()
         self._base = Path(tempfile.mkdtemp(prefix="pgtls-pg-"))
         self._initialized = False
         self._running = False

@@ -15,25 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The tests and the benchmark take free_port from here too.
+from ports import free_port as free_port
+
 from pgtls import certs
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A TCP port free a moment ago on both 127.0.0.1 and ::1."""
-    for _ in range(50):
-        with socket.socket() as v4:
-            v4.bind(("127.0.0.1", 0))
-            port = int(v4.getsockname()[1])
-            with socket.socket(socket.AF_INET6) as v6:
-                try:
-                    v6.bind(("::1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no TCP port free on both 127.0.0.1 and ::1")
 
 
 @dataclass

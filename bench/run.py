@@ -43,9 +43,11 @@ from report import WORKLOADS
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("native", "pgbouncer", "pgtls", "stunnel")
-# Debian's package of each relay that is not this project's; the package
-# installs a program of its name.
-_PACKAGES = {"pgbouncer": "pgbouncer", "stunnel": "stunnel4"}
+# The relays that are not this project's, each run from its Debian package.
+_RELAYS: dict[str, type[servers.PgBouncer] | type[servers.Stunnel]] = {
+    "pgbouncer": servers.PgBouncer,
+    "stunnel": servers.Stunnel,
+}
 
 _FULL = {
     "rounds": 3,
@@ -237,9 +239,9 @@ class Bench:
         """
         config = self.config
         programs = {
-            name: servers.find_program(_PACKAGES[name])
+            name: servers.find_program(_RELAYS[name].package)
             for name in config.targets
-            if name in _PACKAGES
+            if name in _RELAYS
         }
         pki, cert, key = servers.make_certificate(self.root / "pki")
         _say(f"starting PostgreSQL and creating a scale-{config.scale} pgbench database")
@@ -262,8 +264,7 @@ class Bench:
 
     def _start_relay(self, name: str, executable: str, cert: Path, key: Path) -> None:
         """PgBouncer or stunnel; a restart frees whatever a relay keeps after W4."""
-        kind = servers.PgBouncer if name == "pgbouncer" else servers.Stunnel
-        relay = kind(executable, self.root / name, self.postgres, cert, key)
+        relay = _RELAYS[name](executable, self.root / name, self.postgres, cert, key)
         self.stack.callback(relay.stop)
         relay.start()
         self.versions[name] = _version([executable, relay.version_flag])

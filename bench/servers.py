@@ -255,6 +255,8 @@ class _Daemon:
     """
 
     name = "daemon"
+    #: Debian's package, which installs a program of its name.
+    package = "daemon"
     version_flag = "--version"
 
     def __init__(self, executable: str, root: Path, cert: Path, key: Path) -> None:
@@ -363,6 +365,7 @@ class PgBouncer(_Daemon):
     """
 
     name = "pgbouncer"
+    package = "pgbouncer"
 
     def __init__(self, executable: str, root: Path, server: PostgresServer, cert: Path, key: Path):
         """Write the configuration (see :class:`_Daemon`); start nothing yet."""
@@ -413,6 +416,7 @@ class Stunnel(_Daemon):
     """
 
     name = "stunnel"
+    package = "stunnel4"
     version_flag = "-version"
 
     def __init__(self, executable: str, root: Path, server: PostgresServer, cert: Path, key: Path):

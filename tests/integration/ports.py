@@ -26,16 +26,15 @@ _GIVEN: set[int] = set()
 
 def free_port() -> int:
     """
-    A TCP port free a moment ago on both 127.0.0.1 and ::1, below the
-    kernel's ephemeral range.  A port from that range (what binding port 0
-    gives) may be taken at any moment as the local port of an outgoing
-    connection, a probe's or a client's, and a server then fails to listen
-    on it.
+    A TCP port free a moment ago on both 127.0.0.1 and ::1, outside the
+    kernel's ephemeral range when it can be.  A port from that range (what
+    binding port 0 gives) may be taken at any moment as the local port of an
+    outgoing connection, a probe's or a client's, and a server then fails to
+    listen on it.
     """
+    unused = [p for p in range(10000, 30000) if p not in _GIVEN]
     ephemeral = _ephemeral_ports()
-    candidates = [p for p in range(10000, 30000) if p not in ephemeral and p not in _GIVEN]
-    if not candidates:  # an ephemeral range that covers them all
-        candidates = [p for p in range(10000, 30000) if p not in _GIVEN]
+    candidates = [p for p in unused if p not in ephemeral] or unused
     for port in random.sample(candidates, min(200, len(candidates))):
         try:
             with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:

@@ -278,6 +278,9 @@ class Bench:
         self.versions["pgtls"] = _version(
             ["git", "-C", str(REPO), "describe", "--always", "--dirty"]
         )
+        # twistd runs on this interpreter, whose build sets pgtls's speed.
+        base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        self.versions["pgtls's python"] = f"{platform.python_version()} ({base})"
         self.targets["pgtls"] = servers.Target(
             "pgtls",
             pgtls.port,

@@ -77,28 +77,11 @@ if [[ -n ${PGTLS_NEED_SYSTEMD_TOOLS:-} ]] && ! command -v systemd-analyze >/dev/
     fi
 fi
 
-# .venv's interpreter: Debian's own python3 when there is one.  Debian links
-# the interpreter into the program and builds it for speed; a python3 found
-# first on PATH may be a plain shared-library build (pyenv's default is one)
-# that runs pgtls's Python noticeably slower.  PGTLS_PYTHON names another.
-pick_python() {
-    if [[ -n ${PGTLS_PYTHON:-} ]]; then
-        echo "$PGTLS_PYTHON"
-    elif [[ -x /usr/bin/python3 ]]; then
-        echo /usr/bin/python3
-    else
-        echo python3
-    fi
-}
+source scripts/python.sh
 python=$(pick_python)
-
-# A .venv made from another interpreter is made again from this one.
-if [[ -x .venv/bin/python ]] && command -v "$python" >/dev/null; then
-    base=$(.venv/bin/python -c 'import os, sys; print(os.path.realpath(sys._base_executable))' || true)
-    if [[ $base != "$(realpath "$(command -v "$python")")" ]]; then
-        say "recreating .venv with $python (it was made with ${base:-an interpreter that does not start})"
-        rm -rf .venv
-    fi
+if [[ -x .venv/bin/python ]] && command -v "$python" >/dev/null && venv_from_other_python "$python"; then
+    say "recreating .venv with $python (it was made with another interpreter)"
+    rm -rf .venv
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

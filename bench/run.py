@@ -44,10 +44,7 @@ from report import WORKLOADS
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("native", "pgbouncer", "pgtls", "stunnel")
 # The relays that are not this project's, each run from its Debian package.
-_RELAYS: dict[str, type[servers.PgBouncer] | type[servers.Stunnel]] = {
-    "pgbouncer": servers.PgBouncer,
-    "stunnel": servers.Stunnel,
-}
+_RELAYS = {relay.name: relay for relay in (servers.PgBouncer, servers.Stunnel)}
 
 _FULL = {
     "rounds": 3,

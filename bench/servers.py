@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 _REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO / "tests" / "integration"))
@@ -254,10 +254,12 @@ class _Daemon:
     with its files in a directory of its own: PgBouncer refuses root.
     """
 
-    name = "daemon"
+    name: ClassVar[str]
     #: Debian's package, which installs a program of its name.
-    package = "daemon"
-    version_flag = "--version"
+    package: ClassVar[str]
+    #: Its configuration file, the one argument it runs with.
+    config_file: ClassVar[str]
+    version_flag: ClassVar[str] = "--version"
 
     def __init__(self, executable: str, root: Path, cert: Path, key: Path) -> None:
         """
@@ -281,7 +283,7 @@ class _Daemon:
 
     def argv(self) -> list[str]:
         """The command that runs it in the foreground."""
-        raise NotImplementedError
+        return [self.executable, str(self.dir / self.config_file)]
 
     @property
     def pid(self) -> int:
@@ -290,9 +292,9 @@ class _Daemon:
             raise BenchError(f"{self.name} is not running")
         return self._process.pid
 
-    def _write(self, name: str, text: str) -> None:
+    def _write(self, name: str, lines: list[str]) -> None:
         path = self.dir / name
-        path.write_text(text)
+        path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
         self._chown(path)
 
@@ -366,18 +368,16 @@ class PgBouncer(_Daemon):
 
     name = "pgbouncer"
     package = "pgbouncer"
+    config_file = "pgbouncer.ini"
 
     def __init__(self, executable: str, root: Path, server: PostgresServer, cert: Path, key: Path):
         """Write the configuration (see :class:`_Daemon`); start nothing yet."""
         super().__init__(executable, root, cert, key)
-        self._write("userlist.txt", f'"{BENCH_USER}" ""\n')
-        self._write("pgbouncer.ini", self._ini(server))
+        self._write("userlist.txt", [f'"{BENCH_USER}" ""'])
+        self._write(self.config_file, self._ini(server))
 
-    def argv(self) -> list[str]:
-        return [self.executable, str(self.dir / "pgbouncer.ini")]
-
-    def _ini(self, server: PostgresServer) -> str:
-        lines = [
+    def _ini(self, server: PostgresServer) -> list[str]:
+        return [
             "[databases]",
             f"{BENCH_DB} = host={server.socket_dir} port={server.port} "
             f"dbname={BENCH_DB} user={BENCH_USER}",
@@ -405,7 +405,6 @@ class PgBouncer(_Daemon):
             "log_disconnections = 0",
             "logfile =",
         ]
-        return "\n".join(lines) + "\n"
 
 
 class Stunnel(_Daemon):
@@ -417,6 +416,7 @@ class Stunnel(_Daemon):
 
     name = "stunnel"
     package = "stunnel4"
+    config_file = "stunnel.conf"
     version_flag = "-version"
 
     def __init__(self, executable: str, root: Path, server: PostgresServer, cert: Path, key: Path):
@@ -437,10 +437,7 @@ class Stunnel(_Daemon):
             "curves = prime256v1",
             "socket = l:TCP_NODELAY=1",
         ]
-        self._write("stunnel.conf", "\n".join(lines) + "\n")
-
-    def argv(self) -> list[str]:
-        return [self.executable, str(self.dir / "stunnel.conf")]
+        self._write(self.config_file, lines)
 
 
 # -- pgtls ----------------------------------------------------------------

@@ -161,10 +161,11 @@ def server_options() -> ServerOptions:
 class TLSPair:
     """
     A Pair whose transport has started TLS as a server, as pgtls starts it
-    (pgtls.fastwrite.start_tls), and a memory-BIO client.
+    (pgtls.fastwrite.start_tls), and a memory-BIO client; the handshake is
+    done unless ``handshake`` is false (see :meth:`client_hello`).
     """
 
-    def __init__(self, pair: Pair) -> None:
+    def __init__(self, pair: Pair, *, handshake: bool = True) -> None:
         self.pair = pair
         self.transport = pair.transport
         start_tls(self.transport, server_options())
@@ -173,7 +174,8 @@ class TLSPair:
         self.client = SSL.Connection(context, None)
         self.client.set_connect_state()
         self.plaintext = b""
-        self._handshake()
+        if handshake:
+            self._handshake()
 
     def _handshake(self) -> None:
         for _ in range(50):
@@ -190,7 +192,6 @@ class TLSPair:
 
     def client_hello(self) -> None:
         """The client's first flight, read by the server; nothing else is done."""
-        self.client.set_connect_state()
         with contextlib.suppress(SSL.WantReadError):
             self.client.do_handshake()
         self._client_to_server()

@@ -107,21 +107,9 @@ def test_a_view_is_copied_before_it_is_queued(pair: Pair) -> None:
 # -- the TLS layer's own records ---------------------------------------------
 
 
-class Handshake(TLSPair):
-    """A server that has started TLS and the client's first flight, no further."""
-
-    def __init__(self, pair: Pair) -> None:
-        self.pair = pair
-        self.transport = pair.transport
-        start_tls(self.transport, server_options())
-        self.tls = self.transport.protocol
-        self.client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
-        self.plaintext = b""
-
-
 def test_handshake_flight_is_sent_at_once(pair: Pair, clock: MemoryReactorClock) -> None:
     """The server's answer to a ClientHello is on the socket when the read returns."""
-    handshake = Handshake(pair)
+    handshake = TLSPair(pair, handshake=False)
     handshake.client_hello()
     assert not pair.waiting()
     flight = pair.peer_read()
@@ -133,7 +121,7 @@ def test_handshake_flight_is_sent_at_once(pair: Pair, clock: MemoryReactorClock)
 def test_handshake_flight_queues_behind_queued_bytes(pair: Pair, clock: MemoryReactorClock) -> None:
     """Bytes queued before TLS started (an ``S``) are sent before the server's flight."""
     pair.transport.write(b"S")
-    handshake = Handshake(pair)
+    handshake = TLSPair(pair, handshake=False)
     handshake.client_hello()
     assert pair.peer_read() == b""
     sent = drain(pair)

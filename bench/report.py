@@ -15,11 +15,14 @@ from typing import Any
 
 __all__ = [
     "BASELINE",
+    "CPU_FIGURES",
     "JSON_FORMAT",
     "WORKLOADS",
     "Workload",
+    "format_cpu_table",
     "format_table",
     "summarize",
+    "summarize_cpu",
     "write_json",
 ]
 
@@ -41,20 +44,42 @@ class Workload:
     :param label: its row title in the table.
     :param unit: what the numbers count.
     :param higher_is_better: False for costs (W4's memory).
+    :param cpu_unit: what CPU time is counted per (one transaction, one
+        MB); None when the workload's CPU is not measured.
     """
 
     key: str
     label: str
     unit: str
     higher_is_better: bool = True
+    cpu_unit: str | None = None
 
 
 WORKLOADS = (
-    Workload("w1_c16", "W1 query rate, pgbench -S -c 16 -j 2", "tps"),
-    Workload("w1_c1", "W1 query rate, pgbench -S -c 1", "tps"),
-    Workload("w2_connect", "W2 connection rate, pgbench -S -C -c 4 -j 2", "connections/s"),
-    Workload("w3_copy", "W3 bulk, COPY 1000-byte rows TO STDOUT, psql to /dev/null", "MB/s"),
+    Workload("w1_c16", "W1 query rate, pgbench -S -c 16 -j 2", "tps", cpu_unit="transaction"),
+    Workload("w1_c1", "W1 query rate, pgbench -S -c 1", "tps", cpu_unit="transaction"),
+    Workload(
+        "w2_connect",
+        "W2 connection rate, pgbench -S -C -c 4 -j 2",
+        "connections/s",
+        cpu_unit="connection",
+    ),
+    Workload(
+        "w3_copy",
+        "W3 bulk, COPY 1000-byte rows TO STDOUT, psql to /dev/null",
+        "MB/s",
+        cpu_unit="MB",
+    ),
     Workload("w4_idle", "W4 idle session, front end's memory", "KiB/session", False),
+)
+
+#: The CPU figures kept per measured workload (rounds[].details[target][key]),
+#: with their row titles: microseconds per unit of work, and a percentage.
+CPU_FIGURES = (
+    ("machine_us_per_unit", "machine, all processes (us)"),
+    ("client_us_per_unit", "client (us)"),
+    ("cpu_us_per_unit", "front end (us)"),
+    ("idle_percent", "machine idle (% of CPU time)"),
 )
 
 
@@ -90,6 +115,40 @@ def summarize(
             spread.update(_spread(values) or {})
             per_target[target] = {"rounds": len(values), **spread, "ratio": _spread(ratios)}
         summary[workload.key] = per_target
+    return summary
+
+
+def summarize_cpu(
+    details: Sequence[Mapping[str, Mapping[str, Any]]],
+    targets: Sequence[str],
+    workloads: Sequence[Workload] = WORKLOADS,
+) -> dict[str, dict[str, dict[str, dict[str, float] | None]]]:
+    """
+    Median, min and max over the rounds of each CPU figure
+    (:data:`CPU_FIGURES`) of each measured workload and target.
+
+    :param details: each round's ``details`` (target -> workload key -> figures).
+    :returns: ``{workload key: {target: {figure: {"median", "min", "max"}
+        or None}}}``, for the workloads with a ``cpu_unit``.
+    """
+    summary: dict[str, dict[str, dict[str, dict[str, float] | None]]] = {}
+    for workload in workloads:
+        if workload.cpu_unit is None:
+            continue
+        summary[workload.key] = {
+            target: {
+                figure: _spread(
+                    [
+                        value
+                        for d in details
+                        if (value := d.get(target, {}).get(workload.key, {}).get(figure))
+                        is not None
+                    ]
+                )
+                for figure, _ in CPU_FIGURES
+            }
+            for target in targets
+        }
     return summary
 
 
@@ -134,6 +193,31 @@ def format_table(
                     *(_cell(stats[t]["ratio"], "x") for t in targets),
                 ]
             )
+    return _aligned(rows)
+
+
+def format_cpu_table(
+    cpu_summary: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float] | None]]],
+    targets: Sequence[str],
+    workloads: Sequence[Workload] = WORKLOADS,
+) -> str:
+    """
+    The CPU summary as a text table: for each measured workload, a row per
+    figure of :data:`CPU_FIGURES` with each target's median (min-max).
+    """
+    rows = [["CPU per unit of work", *targets]]
+    for workload in workloads:
+        if workload.key not in cpu_summary:
+            continue
+        stats = cpu_summary[workload.key]
+        rows.append([f"{workload.label}, per {workload.cpu_unit}", *([""] * len(targets))])
+        for figure, title in CPU_FIGURES:
+            rows.append([f"  {title}", *(_cell(stats[t][figure]) for t in targets)])
+    return _aligned(rows)
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as columns padded to their widest cell, a rule under the first."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))

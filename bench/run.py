@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
+import operator
 import os
 import platform
 import resource
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -70,15 +72,11 @@ _SLICED = ("w1_c16", "w1_c1", "w2_connect")
 # --slices is 1), the targets taking turns, for the same reason.
 _W3_RUNS = 2
 
-# What the front end's CPU time is reported per (rounds[].details[target][key]):
-# native's front end is the postmaster and its backends, which also run the
-# queries; PgBouncer's and pgtls's is their own process.
-_CPU_UNITS = {
-    "w1_c16": "transaction",
-    "w1_c1": "transaction",
-    "w2_connect": "connection",
-    "w3_copy": "MB",
-}
+# The CPU used by each W1-W3 measurement is reported per its workload's
+# cpu_unit: the front end's (native's is the postmaster and its backends,
+# which also run the queries; PgBouncer's and pgtls's their own process),
+# the client's, and the whole machine's.
+_CPU_KEYS = {w.key: w.cpu_unit for w in WORKLOADS if w.cpu_unit is not None}
 _REAP_SECONDS = 0.2
 
 # Per idle session: the client's socket here, the front end's client and
@@ -311,9 +309,15 @@ class Bench:
                     value = self._combine(key, runs[name], seconds, details[name])
                     values[name][key] = value
                     shown = "FAILED" if value is None else f"{value:.2f} {workload.unit}"
-                    cpu = details[name].get(key, {}).get("cpu_us_per_unit")
+                    cpu = details[name].get(key) if key in _CPU_KEYS else None
                     if value is not None and cpu is not None:
-                        shown += f", front end CPU {cpu:.0f} us/{_CPU_UNITS[key]}"
+                        shown += (
+                            f"; CPU per {_CPU_KEYS[key]}: front end "
+                            f"{cpu['cpu_us_per_unit']:.0f} us, client "
+                            f"{cpu['client_us_per_unit']:.0f} us, machine "
+                            f"{cpu['machine_us_per_unit']:.0f} us, "
+                            f"{cpu['idle_percent']:.0f} % idle"
+                        )
                     _say(f"round {number}/{self.config.rounds} {key} {name}: {shown}")
             report.write_json(self.config.json_path, self.document())
 
@@ -327,19 +331,22 @@ class Bench:
 
     def _measure(
         self, key: str, target: servers.Target, details: dict[str, Any], seconds: int
-    ) -> tuple[float, float] | None:
+    ) -> tuple[float, workloads.CpuClock | None] | None:
         """
-        One run of ``key``: its value and the front end's CPU seconds (0 for
-        a workload whose CPU is not reported), or None if it failed.
+        One run of ``key``: its value and the CPU it used (None for a
+        workload whose CPU is not reported), or None if it failed.
         """
         try:
-            if key not in _CPU_UNITS:
-                return self._workload(key, target, details, seconds), 0.0
-            before = workloads.tree_cpu_seconds(target.root_pid())
+            if key not in _CPU_KEYS:
+                return self._workload(key, target, details, seconds), None
+            before = workloads.cpu_clock(target.root_pid())
             value = self._workload(key, target, details, seconds)
-            # Native PostgreSQL's backends may still be ending: let them be reaped.
+            after = workloads.cpu_clock(target.root_pid())
+            # Native PostgreSQL's backends may still be ending: let them be
+            # reaped, but count the machine's idle time only while it worked.
             time.sleep(_REAP_SECONDS)
-            return value, workloads.tree_cpu_seconds(target.root_pid()) - before
+            reaped = workloads.cpu_clock(target.root_pid())
+            return value, replace(after, frontend=reaped.frontend) - before
         except servers.BenchError as e:
             self.failures.append(f"{key} {target.name}: {e}")
             _say(f"{key} {target.name} failed: {e}")
@@ -348,22 +355,30 @@ class Bench:
     def _combine(
         self,
         key: str,
-        runs: Sequence[tuple[float, float] | None],
+        runs: Sequence[tuple[float, workloads.CpuClock | None] | None],
         seconds: int,
         details: dict[str, Any],
     ) -> float | None:
         """
         The value of a target's runs (their mean: the runs are equally long)
-        and, in ``details``, its CPU time per unit; None if a run failed.
+        and, in ``details``, the CPU they used per unit of work; None if a
+        run failed.
         """
         done = [run for run in runs if run is not None]
         if not done or len(done) != len(runs):
             return None
         value = sum(v for v, _ in done) / len(done)
-        if key in _CPU_UNITS:
-            used = sum(cpu for _, cpu in done)
+        used = [cpu for _, cpu in done if cpu is not None]
+        if used:
             units = sum(self._units(key, v, seconds) for v, _ in done)
-            details[key] = {"cpu_s": used, "cpu_us_per_unit": used * 1e6 / units}
+            total = functools.reduce(operator.add, used)
+            details[key] = {
+                "cpu_s": total.frontend,
+                "cpu_us_per_unit": total.frontend * 1e6 / units,
+                "client_us_per_unit": total.clients * 1e6 / units,
+                "machine_us_per_unit": total.busy * 1e6 / units,
+                "idle_percent": 100 * total.idle_fraction,
+            }
         return value
 
     def _units(self, key: str, value: float, seconds: int) -> float:
@@ -437,6 +452,7 @@ class Bench:
                 for i, (values, details) in enumerate(zip(self.rounds, self.details, strict=True))
             ],
             "summary": report.summarize(self.rounds, targets),
+            "cpu_summary": report.summarize_cpu(self.details, targets),
             "failures": self.failures,
         }
 
@@ -496,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(bench.header())
     print()
     print(report.format_table(document["summary"], list(bench.targets)))
+    print()
+    print(report.format_cpu_table(document["cpu_summary"], list(bench.targets)))
     print()
     print(f"JSON: {config.json_path}  ({time.monotonic() - begun:.0f} s)")
     for failure in bench.failures:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +28,14 @@ from servers import BENCH_DB, BENCH_USER, BenchError, Target, run_checked
 __all__ = [
     "COPY_ROW_BYTES",
     "W2_CLIENTS",
+    "CpuClock",
     "IdleCost",
     "Memory",
     "copy_rate",
+    "cpu_clock",
     "idle_cost",
     "pgbench_rate",
     "tls_description",
-    "tree_cpu_seconds",
     "tree_memory",
 ]
 
@@ -211,22 +213,64 @@ def _stat_fields(pid: str) -> list[str] | None:
     return stat.rsplit(")", 1)[1].split()
 
 
-def tree_cpu_seconds(root: int) -> float:
+@dataclass(frozen=True, slots=True)
+class CpuClock:
     """
-    CPU time (user + system) of ``root``'s process tree so far: its live
-    processes, and the children ``root`` has already reaped (native
-    PostgreSQL's backends that ended).
+    CPU seconds (user + system) used so far, read by :func:`cpu_clock`;
+    the difference of two readings is what a measurement used.
+
+    :param frontend: the front end's process tree: its live processes and
+        the children its root has reaped (native PostgreSQL's backends).
+    :param clients: the client programs this process has run and reaped
+        (pgbench, psql).
+    :param busy: the whole machine's, every CPU (/proc/stat: all but idle
+        and iowait).
+    :param elapsed: the whole machine's CPU time, busy or idle: wall time
+        times the number of CPUs.
     """
+
+    frontend: float
+    clients: float
+    busy: float
+    elapsed: float
+
+    def __add__(self, other: CpuClock) -> CpuClock:
+        return CpuClock(*(a + b for a, b in zip(_clocks(self), _clocks(other), strict=True)))
+
+    def __sub__(self, earlier: CpuClock) -> CpuClock:
+        return CpuClock(*(a - b for a, b in zip(_clocks(self), _clocks(earlier), strict=True)))
+
+    @property
+    def idle_fraction(self) -> float:
+        """The share of the machine's CPU time nothing ran (0 when no time passed)."""
+        return 1.0 - self.busy / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def _clocks(clock: CpuClock) -> tuple[float, float, float, float]:
+    return (clock.frontend, clock.clients, clock.busy, clock.elapsed)
+
+
+def cpu_clock(frontend_root: int) -> CpuClock:
+    """Read the CPU clocks of :class:`CpuClock` now."""
     ticks = 0
-    for pid in process_tree(root):
+    for pid in process_tree(frontend_root):
         fields = _stat_fields(str(pid))
         if fields is None:
             continue
         # utime, stime; for the root also cutime, cstime (proc(5): fields 14-17).
         ticks += int(fields[11]) + int(fields[12])
-        if pid == root:
+        if pid == frontend_root:
             ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The first line sums every CPU: user nice system idle iowait irq softirq steal ...
+    machine = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    hertz = os.sysconf("SC_CLK_TCK")
+    return CpuClock(
+        frontend=ticks / hertz,
+        clients=children.ru_utime + children.ru_stime,
+        busy=(sum(machine) - machine[3] - machine[4]) / hertz,
+        elapsed=sum(machine) / hertz,
+    )
 
 
 def tree_memory(root: int) -> Memory:

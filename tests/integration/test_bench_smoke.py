@@ -24,7 +24,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     """
     ``bench/run.py --smoke`` exits 0, prints the table, and writes JSON with
     a positive median for every workload and target and a positive ratio to
-    native PostgreSQL for each.  W1 and W2 run in two slices and W3 twice,
+    native PostgreSQL for each, and for W1-W3 the CPU per unit of work of
+    the front end, the client and the machine.  W1 and W2 run in two slices and W3 twice,
     the targets taking turns.
     """
     out = tmp_path / "bench.json"
@@ -72,5 +73,15 @@ def test_bench_smoke(tmp_path: Path) -> None:
             if workload != "w4_idle":
                 cpu = document["rounds"][0]["details"][target][workload]
                 assert cpu["cpu_s"] >= 0 and cpu["cpu_us_per_unit"] >= 0, (workload, target, cpu)
+                # The clients ran, and the machine with them.
+                assert cpu["client_us_per_unit"] > 0, (workload, target, cpu)
+                assert cpu["machine_us_per_unit"] > 0, (workload, target, cpu)
+                assert 0 <= cpu["idle_percent"] < 100, (workload, target, cpu)
+                figures = document["cpu_summary"][workload][target]
+                for figure in ("cpu_us_per_unit", "client_us_per_unit", "machine_us_per_unit"):
+                    assert figures[figure]["median"] == cpu[figure], (workload, target, figure)
+    assert "w4_idle" not in document["cpu_summary"]
+    assert "CPU per unit of work" in result.stdout
+    assert "machine idle (% of CPU time)" in result.stdout
     for target in TARGETS:
         assert document["tls"][target].startswith("protocol: TLS"), document["tls"]

@@ -345,8 +345,8 @@ class Bench:
             # Native PostgreSQL's backends may still be ending: let them be
             # reaped, but count the machine's idle time only while it worked.
             time.sleep(_REAP_SECONDS)
-            reaped = workloads.cpu_clock(target.root_pid())
-            return value, replace(after, frontend=reaped.frontend) - before
+            reaped = workloads.tree_cpu_seconds(target.root_pid())
+            return value, replace(after, frontend=reaped) - before
         except servers.BenchError as e:
             self.failures.append(f"{key} {target.name}: {e}")
             _say(f"{key} {target.name} failed: {e}")

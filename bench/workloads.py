@@ -19,7 +19,7 @@ import re
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import psycopg
@@ -36,6 +36,7 @@ __all__ = [
     "idle_cost",
     "pgbench_rate",
     "tls_description",
+    "tree_cpu_seconds",
     "tree_memory",
 ]
 
@@ -235,10 +236,10 @@ class CpuClock:
     elapsed: float
 
     def __add__(self, other: CpuClock) -> CpuClock:
-        return CpuClock(*(a + b for a, b in zip(_clocks(self), _clocks(other), strict=True)))
+        return CpuClock(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def __sub__(self, earlier: CpuClock) -> CpuClock:
-        return CpuClock(*(a - b for a, b in zip(_clocks(self), _clocks(earlier), strict=True)))
+        return CpuClock(*(a - b for a, b in zip(astuple(self), astuple(earlier), strict=True)))
 
     @property
     def idle_fraction(self) -> float:
@@ -246,31 +247,36 @@ class CpuClock:
         return 1.0 - self.busy / self.elapsed if self.elapsed > 0 else 0.0
 
 
-def _clocks(clock: CpuClock) -> tuple[float, float, float, float]:
-    return (clock.frontend, clock.clients, clock.busy, clock.elapsed)
-
-
 def cpu_clock(frontend_root: int) -> CpuClock:
     """Read the CPU clocks of :class:`CpuClock` now."""
-    ticks = 0
-    for pid in process_tree(frontend_root):
-        fields = _stat_fields(str(pid))
-        if fields is None:
-            continue
-        # utime, stime; for the root also cutime, cstime (proc(5): fields 14-17).
-        ticks += int(fields[11]) + int(fields[12])
-        if pid == frontend_root:
-            ticks += int(fields[13]) + int(fields[14])
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The first line sums every CPU: user nice system idle iowait irq softirq steal ...
     machine = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     hertz = os.sysconf("SC_CLK_TCK")
     return CpuClock(
-        frontend=ticks / hertz,
+        frontend=tree_cpu_seconds(frontend_root),
         clients=children.ru_utime + children.ru_stime,
         busy=(sum(machine) - machine[3] - machine[4]) / hertz,
         elapsed=sum(machine) / hertz,
     )
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """
+    CPU time (user + system) of ``root``'s process tree so far: its live
+    processes, and the children ``root`` has already reaped (native
+    PostgreSQL's backends that ended).
+    """
+    ticks = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(str(pid))
+        if fields is None:
+            continue
+        # utime, stime; for the root also cutime, cstime (proc(5): fields 14-17).
+        ticks += int(fields[11]) + int(fields[12])
+        if pid == root:
+            ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tree_memory(root: int) -> Memory:

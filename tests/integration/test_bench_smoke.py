@@ -25,8 +25,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     ``bench/run.py --smoke`` exits 0, prints the table, and writes JSON with
     a positive median for every workload and target and a positive ratio to
     native PostgreSQL for each, and for W1-W3 the CPU per unit of work of
-    the front end, the client and the machine.  W1 and W2 run in two slices and W3 twice,
-    the targets taking turns.
+    the front end, the client and the machine.  W1 and W2 run in two slices
+    and W3 twice, the targets taking turns.
     """
     out = tmp_path / "bench.json"
     result = subprocess.run(

@@ -16,7 +16,10 @@ import pytest
 from OpenSSL import SSL
 from socketpairs import Pair, Producer, TLSPair, drain, server_options
 from twisted.internet import main
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import providedBy
 
 from pgtls.fastwrite import send_or_queue, start_tls, tls_ready
 
@@ -135,6 +138,43 @@ def test_tls_close_is_sent_at_once(tls_pair: TLSPair) -> None:
     tls_pair.client.bio_write(tls_pair.pair.peer_read())
     with pytest.raises(SSL.ZeroReturnError):
         tls_pair.client.recv(1)
+
+
+def test_start_tls_marks_the_transport_as_startTLS_does(tls_pair: TLSPair) -> None:
+    """The socket transport gains ISSLTransport and the handle of its TLS connection."""
+    transport = tls_pair.transport
+    assert ISSLTransport.providedBy(transport)
+    assert ITCPTransport.providedBy(transport)
+    assert transport.TLS
+    assert transport.getHandle() is tls_pair.tls._tlsConnection
+
+
+def test_tls_layer_declares_no_interfaces_of_its_own(tls_pair: TLSPair) -> None:
+    """
+    Twisted's layer would declare the socket transport's interfaces on
+    itself, one at a time (a sixth of pgtls's Python per connection); this
+    one finds them on the transport, all of them.
+    """
+    assert "__provides__" not in vars(tls_pair.tls)
+    assert set(providedBy(tls_pair.tls)) == set(providedBy(tls_pair.transport))
+    assert ISSLTransport.providedBy(tls_pair.tls)
+
+
+def test_connections_share_one_tls_factory(clock: MemoryReactorClock) -> None:
+    """Connections of one server share a TLS factory; each leaves it when it closes."""
+    creator = server_options()
+    pairs = [Pair(), Pair()]
+    try:
+        for pair in pairs:
+            start_tls(pair.transport, creator)
+        first, second = (pair.transport.protocol for pair in pairs)
+        assert first.factory is second.factory
+        assert set(first.factory.protocols) == {first, second}
+        first.connectionLost(Failure(main.CONNECTION_DONE))
+        assert set(first.factory.protocols) == {second}
+    finally:
+        for pair in pairs:
+            pair.close()
 
 
 def test_other_transports_start_tls_their_way() -> None:

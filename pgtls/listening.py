@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.loader import StartupError
+from pgtls.relayreactor import dispatch_directly
 
 __all__ = ["ListenService", "inherited_descriptions", "listen_descriptions"]
 
@@ -159,6 +160,8 @@ class ListenService(Service):
             if outcome and not isinstance(outcome[0], Failure):
                 port: IListeningPort = outcome[0]
                 self.ports.append(port)
+                # Accepting needs no legacy log context either (pgtls.relayreactor).
+                dispatch_directly(port)
                 host = port.getHost()
                 self.log.info(
                     'listening on {family} address "{host}", port {port}',

@@ -30,6 +30,7 @@ from pgtls.conf import Settings
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.listening import ListenService, inherited_descriptions, listen_descriptions
 from pgtls.loader import StartupError, load_server_config
+from pgtls.relayreactor import is_direct
 from pgtls.sdnotify import Notifier
 from pgtls.service import NotifyService, Options, ReloadService, makeService
 from pgtls.shutdown import ShutdownService
@@ -391,6 +392,13 @@ def test_listen_service_binds_at_privileged_start(tmp_path: Path) -> None:
         'listening on IPv4 address "127.0.0.1", port 5432',
         'listening on IPv6 address "::1", port 5432',
     ]
+
+
+def test_listen_service_ports_accept_without_log_context(tmp_path: Path) -> None:
+    """Each port's accepts are dispatched directly (pgtls.relayreactor), as its connections are."""
+    service, _reactor, _factory = listen_service(tmp_path, "127.0.0.1,::1")
+    service.privilegedStartService()
+    assert [is_direct(port) for port in service.ports] == [True, True]
 
 
 def test_listen_service_star_takes_the_ipv6_wildcard_alone(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
     IAddress,
     IProtocolFactory,
@@ -100,10 +101,14 @@ class UNIXAtOnceEndpoint:
             except OSError:
                 return self._fallback.connect(factory)
             built = _Built(factory)
-            # The reactor's transport takes a duplicate of the descriptor.
-            self._reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, built)
+            try:
+                # The reactor's transport takes a duplicate of the descriptor.
+                self._reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, built)
+            except Exception:
+                # Out of descriptors, say: a failed connect, as the endpoint's.
+                return defer.fail()
         if built.protocol is None:
-            return defer.fail(ConnectionRefusedError("the upstream protocol was not built"))
+            return defer.fail(ConnectError(string="no protocol for the upstream connection"))
         return defer.succeed(built.protocol)
 
 

@@ -15,12 +15,13 @@ the connection's name in front.
 A transport opts in with :func:`dispatch_directly` (pgtls.frontdoor does
 for each client connection from its start, pgtls.pump for both legs of a
 relayed session, pgtls.listening for its listening ports); every other
-descriptor is dispatched exactly as Twisted does.  The front door's own log lines carry their namespace and the
-client's address, so they lose nothing.  An opted-in transport's plain
-read event (the relay's common case) goes straight to its ``doRead``, as
-the reactor's ``_doReadOrWrite`` would call it; any other event goes
-through ``_doReadOrWrite`` itself.  :func:`install` makes this the
-reactor when nothing has chosen one yet (``twistd --reactor`` still wins).
+descriptor is dispatched exactly as Twisted does.  The front door's own
+log lines carry their namespace and the client's address, so they lose
+nothing.  An opted-in transport's plain read event (the relay's common
+case) goes straight to its ``doRead``, as the reactor's ``_doReadOrWrite``
+would call it; any other event goes through ``_doReadOrWrite`` itself.
+:func:`install` makes this the reactor when nothing has chosen one yet
+(``twistd --reactor`` still wins).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ adopts the connected descriptor as Twisted's reactors do (it duplicates it).
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorSocket
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pgtls.conninfo import parse_conninfo
@@ -96,6 +98,24 @@ def test_accepting_server_is_connected_at_once(reactor: AdoptingReactor, path: s
         with accepted:
             adopted.sendall(b"startup")
             assert accepted.recv(16) == b"startup"
+
+
+def test_failed_adoption_fails_the_connect(path: str) -> None:
+    """The reactor cannot take the socket (no descriptor left): a failed Deferred, not a raise."""
+
+    @implementer(IReactorSocket)
+    class Exhausted:
+        def adoptStreamConnection(self, fd: int, family: int, factory: Any) -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    fallback = RecordingEndpoint()
+    with listening(path):
+        failure = result(
+            UNIXAtOnceEndpoint(Exhausted(), path, fallback).connect(Factory.forProtocol(Protocol))
+        )
+    assert isinstance(failure, Failure)
+    assert failure.check(OSError)
+    assert fallback.factories == []
 
 
 def test_missing_server_goes_to_the_fallback(reactor: AdoptingReactor, path: str) -> None:

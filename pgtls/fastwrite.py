@@ -29,6 +29,8 @@ from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 from twisted.internet import _newtls
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IReactorTime, ISSLTransport
@@ -104,7 +106,8 @@ class _SendAtOnce(FileDescriptor):
 class _ServerTLSLayer(BufferingTLSTransport):
     """
     Twisted's TLS layer (the one its TLS factory makes), without its copy
-    of the transport's interfaces.
+    of the transport's interfaces, and reading its send BIO only when
+    OpenSSL has put something there.
 
     Its ``makeConnection`` declares each interface the socket transport
     provides on itself, one ``directlyProvides`` after the other, each
@@ -123,6 +126,12 @@ class _ServerTLSLayer(BufferingTLSTransport):
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         self._checkHandshakeStatus()
+
+    def _flushSendBIO(self) -> None:
+        # Twisted's reads the send BIO even when it is empty, for pyOpenSSL
+        # to raise WantReadError: most of its seven calls a connection.
+        if _lib.BIO_get_mem_data(self._tlsConnection._from_ssl, _ffi.NULL) > 0:
+            super()._flushSendBIO()
 
 
 @lru_cache(maxsize=1)

@@ -160,6 +160,18 @@ def test_tls_layer_declares_no_interfaces_of_its_own(tls_pair: TLSPair) -> None:
     assert ISSLTransport.providedBy(tls_pair.tls)
 
 
+def test_empty_send_bio_is_not_read(tls_pair: TLSPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flushing an empty send BIO asks OpenSSL first, rather than read for an exception."""
+    reads: list[int] = []
+    connection = tls_pair.tls._tlsConnection
+    original = connection.bio_read
+    monkeypatch.setattr(connection, "bio_read", lambda size: reads.append(size) or original(size))
+    tls_pair.tls._flushSendBIO()
+    assert reads == []
+    tls_pair.transport.loseConnection()  # a close_notify waits in the BIO: it is read
+    assert reads
+
+
 def test_connections_share_one_tls_factory(clock: MemoryReactorClock) -> None:
     """Connections of one server share a TLS factory; each leaves it when it closes."""
     creator = server_options()

@@ -12,6 +12,7 @@ from cryptography import x509
 
 from pgtls import conf
 from pgtls.loader import ServerConfig, load_server_config
+from pgtls.upstreamcheck import probe_upstream
 
 __all__ = ["check_report"]
 
@@ -21,9 +22,13 @@ def check_report(
     overrides: Mapping[str, str] | None = None,
     *,
     ask_passphrase: Callable[[str], str] | None = None,
+    probe: bool = True,
 ) -> str:
     """
     The report of a successful check.
+
+    @param probe: connect to the upstream and report how it answered (the
+        certificate it presented, or why the leg failed) as warnings.
 
     @raise pgtls.loader.StartupError: what would stop the server from starting.
     """
@@ -37,6 +42,9 @@ def check_report(
     lines += _tls_lines(config)
     lines.append(f"pg_hba.conf: {len(config.rules)} rule(s)")
     lines += [f"  warning: {warning}" for warning in config.rules.warnings]
+    if probe:
+        # A warning at most: the upstream may start later than pgtls.
+        lines += probe_upstream(config.settings.upstream, config.upstream_tls)
     lines.append("pgtls check: OK, the server would start")
     return "\n".join(lines) + "\n"
 

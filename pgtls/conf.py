@@ -21,7 +21,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
-from pgtls.conninfo import Upstream, format_conninfo, parse_conninfo
+from pgtls.conninfo import Upstream, format_conninfo, parse_conninfo, resolve_files
 
 __all__ = [
     "RESTART_ONLY",
@@ -81,6 +81,9 @@ class Settings:
     clientcert: str = "required"
     smart_shutdown_timeout: float = 30.0
     metrics_listen: str = ""
+    # Where pgtls.upstream was set (``FILE:LINE``), for errors found when
+    # its files are loaded.
+    upstream_origin: str = field(default="postgresql.conf", compare=False)
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
     raw_values: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -850,16 +853,21 @@ def load_settings(data_directory: str, overrides: Mapping[str, str] = _NO_OVERRI
     reader.read_file(main, True, (main, None), 0)
     values: dict[str, Any] = {}
     raw: dict[str, str] = {}
+    origin = main
     for param, item in _last_occurrences(reader.items):
         try:
             values[param.name] = _convert(param, item.value)
         except _InvalidValue as error:
             raise ConfigError(item.path, item.line, error.args[0]) from None
         raw[param.name] = item.value
+        if param.name == "pgtls.upstream":
+            origin = f"{item.path}:{item.line}"
     for param, text, value in from_argv:
         values[param.name] = value
         raw[param.name] = text
-    return _settings(directory, values, raw, reader.notices)
+        if param.name == "pgtls.upstream":
+            origin = "command line"
+    return replace(_settings(directory, values, raw, reader.notices), upstream_origin=origin)
 
 
 def _settings(
@@ -879,6 +887,8 @@ def _settings(
         # An empty file setting means "none", as in PostgreSQL.
         if file_name:
             changes[attribute] = os.path.normpath(os.path.join(directory, file_name))
+    if "upstream" in changes:
+        changes["upstream"] = resolve_files(changes["upstream"], directory)
     return replace(settings, **changes)
 
 

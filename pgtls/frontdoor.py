@@ -38,12 +38,15 @@ from pgtls.relay import (
     UpstreamFactory,
     UpstreamProtocol,
     send_cancel,
+    send_cancel_on,
     set_nodelay,
     splice,
     upstream_endpoint,
 )
 from pgtls.relayreactor import dispatch_directly
 from pgtls.tlsctx import ServerTLS, TLSInfo, describe_connection
+from pgtls.upstreamctx import UpstreamTLS
+from pgtls.upstreamleg import describe_failure, open_upstream
 
 __all__ = ["FrontDoor", "FrontDoorFactory"]
 
@@ -105,6 +108,7 @@ class FrontDoorFactory(Factory):
         resolve_hostname: Callable[[IPAddress], defer.Deferred[str | None]] | None = None,
         describe_tls: Callable[[Any], TLSInfo] = describe_connection,
         metrics: Metrics | None = None,
+        upstream_tls: UpstreamTLS | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -125,6 +129,8 @@ class FrontDoorFactory(Factory):
         self.describe_tls = describe_tls
         # None when pgtls.metrics_listen is off: no metrics work at all.
         self.metrics = metrics
+        # The upstream leg's TLS client context; None when it never uses TLS.
+        self.upstream_tls = upstream_tls
 
     def upstream_endpoint(self) -> IStreamClientEndpoint:
         """
@@ -138,6 +144,20 @@ class FrontDoorFactory(Factory):
         if self._endpoint is None or self._endpoint[0] != upstream:
             self._endpoint = (upstream, upstream_endpoint(self.reactor, upstream))
         return self._endpoint[1]
+
+    def open_upstream(self) -> defer.Deferred[Any]:
+        """
+        Open a leg to the upstream, TLS negotiated as pgtls.upstream's sslmode
+        says (see pgtls.upstreamleg); it fires with the UpstreamProtocol, ready
+        for the client's StartupMessage.
+        """
+        return open_upstream(
+            self.upstream_endpoint(),
+            self.upstream_factory,
+            self.settings.upstream,
+            self.upstream_tls,
+            self.reactor,
+        )
 
     def resolve_hostname(self, address: IPAddress) -> defer.Deferred[str | None]:
         """The client's verified host name, looked up off the reactor thread."""
@@ -394,7 +414,11 @@ class FrontDoor(Protocol):
         self._ending("cancel")
         self.detail = "cancel request forwarded"
         self._stop_timer()
-        done = send_cancel(self.door.upstream_endpoint(), event.packet, self.door.reactor)
+        if self.door.upstream_tls is None:
+            done = send_cancel(self.door.upstream_endpoint(), event.packet, self.door.reactor)
+        else:
+            # Through the same negotiation as a session (libpq 17's PQcancelCreate).
+            done = send_cancel_on(self.door.open_upstream(), event.packet, self.door.reactor)
         done.addCallback(lambda _: self.transport.loseConnection())
 
     def _admit(self, startup: wire.StartupMessage) -> None:
@@ -478,7 +502,7 @@ class FrontDoor(Protocol):
             )
         self.phase = Phase.CONNECTING
         self._connect_started = self.door.reactor.seconds()
-        self._connecting = self.door.upstream_endpoint().connect(self.door.upstream_factory)
+        self._connecting = self.door.open_upstream()
         self._connecting.addCallbacks(self.upstream_connected, self._upstream_failed)
 
     # -- the relay phase ---------------------------------------------------
@@ -505,9 +529,14 @@ class FrontDoor(Protocol):
         self._reader = None
         self.startup = self.startup.brief()
         self.bytes_up += len(first)
-        send_or_queue(upstream.transport, first, upstream.transport.write)
         splice(self.transport, upstream.transport)
-        self.pump = start_pump(self.transport, upstream.transport, self, upstream)
+        if upstream.tls:
+            # A TLS leg relays through Twisted's TLS layer: its socket carries
+            # only records, never the plaintext the pump would send there.
+            upstream.transport.write(first)
+        else:
+            send_or_queue(upstream.transport, first, upstream.transport.write)
+            self.pump = start_pump(self.transport, upstream.transport, self, upstream)
         self.transport.resumeProducing()
 
     def upstream_lost(self, reason: Failure) -> None:
@@ -524,14 +553,21 @@ class FrontDoor(Protocol):
         self._connecting = None
         if self.phase is not Phase.CONNECTING:
             return  # cancelled because the client went away
+        upstream = self.door.settings.upstream
+        label, message = describe_failure(reason, upstream)
+        # One line naming the upstream and why, in libpq's words; nothing of
+        # it goes to the client.
         self.log.warn(
-            "could not connect to the upstream server for host={host}: {reason}",
-            host=str(self.address),
-            reason=reason.getErrorMessage(),
+            "could not connect to the upstream server at {upstream}: {reason}",
+            upstream=upstream.address,
+            reason=message,
+            upstream_failure=label.value,
         )
+        if self.door.metrics is not None:
+            self.door.metrics.upstream_failed(label)
         # 57P03 tells libpq not to retry the same server without SSL; the
         # upstream's address stays in the server log, never in the answer.
-        self._ending("upstream_unavailable")
+        self._ending("upstream_unavailable", label.value)
         self._fatal(
             "57P03",
             "the database system is not accepting connections",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pgtls import conf, hba, tlsctx
 from pgtls._ifaddrs import local_networks
+from pgtls.upstreamctx import UpstreamTLS, UpstreamTLSError, load_upstream_tls
 
 __all__ = ["ServerConfig", "StartupError", "load_hba", "load_server_config"]
 
@@ -21,11 +22,13 @@ class StartupError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """What a starting server needs: settings, admission rules, TLS context."""
+    """What a starting server needs: settings, admission rules, TLS contexts."""
 
     settings: conf.Settings
     rules: hba.Rules
     tls: tlsctx.ServerTLS | None
+    # The upstream leg's client context; None when it never uses TLS.
+    upstream_tls: UpstreamTLS | None = None
 
 
 def load_hba(settings: conf.Settings, tls: tlsctx.ServerTLS | None) -> hba.Rules:
@@ -63,4 +66,10 @@ def load_server_config(
         rules = load_hba(settings, tls)
     except (conf.ConfigError, hba.HbaError, tlsctx.TLSConfigError) as error:
         raise StartupError(str(error)) from None
-    return ServerConfig(settings, rules, tls)
+    try:
+        upstream_tls = load_upstream_tls(settings.upstream)
+    except UpstreamTLSError as error:
+        raise StartupError(
+            f'{settings.upstream_origin}: invalid value for parameter "pgtls.upstream": {error}'
+        ) from None
+    return ServerConfig(settings, rules, tls, upstream_tls)

@@ -38,6 +38,7 @@ from twisted.web.server import Site
 from pgtls import hba
 from pgtls.conf import Settings
 from pgtls.loader import StartupError
+from pgtls.negotiation import FailureReason
 from pgtls.tlsctx import TLSInfo
 
 __all__ = [
@@ -183,6 +184,16 @@ class Metrics:
             buckets=_CONNECT_BUCKETS,
             registry=self.registry,
         )
+        self._upstream_failures = Counter(
+            "pgtls_upstream_failures",
+            "Admitted sessions whose upstream leg could not be opened (connect, SSL "
+            "negotiation, certificate verification), by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._upstream_failures_by = {
+            r: self._upstream_failures.labels(r.value) for r in FailureReason
+        }
         # Every fixed label value is there from the start, at 0, so rate()
         # and absent() work before the first event of a kind.
         self._active_by = {e: self._sessions_active.labels(e) for e in ENCRYPTIONS}
@@ -207,6 +218,10 @@ class Metrics:
     def upstream_connected(self, seconds: float) -> None:
         """The upstream accepted a session's connection after ``seconds``."""
         self._connect_seconds.observe(seconds)
+
+    def upstream_failed(self, reason: FailureReason) -> None:
+        """A session's upstream leg failed (the client got FATAL 57P03)."""
+        self._upstream_failures_by[reason].inc()
 
     def connection_ended(
         self,

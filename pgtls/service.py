@@ -30,6 +30,7 @@ from pgtls.metrics import metrics_service
 from pgtls.sdnotify import Notifier, monotonic_usec
 from pgtls.shutdown import ShutdownService
 from pgtls.tlsctx import terminal_passphrase
+from pgtls.upstreamcheck import upstream_warnings
 
 __all__ = ["NotifyService", "Options", "ReloadService", "makeService"]
 
@@ -305,6 +306,7 @@ def makeService(options: Options) -> MultiService:
         config.tls,
         reactor,
         metrics=metrics.metrics if metrics is not None else None,
+        upstream_tls=config.upstream_tls,
     )
     top = MultiService()
     notify = NotifyService(reactor, factory, Notifier.from_environment())
@@ -318,5 +320,7 @@ def makeService(options: Options) -> MultiService:
     for notice in config.settings.notices:
         log.info("{notice}", notice=notice)
     for warning in config.rules.warnings:
+        log.warn("{warning}", warning=warning)
+    for warning in upstream_warnings(config.settings.upstream):
         log.warn("{warning}", warning=warning)
     return top

@@ -31,9 +31,12 @@ from pgtls.conninfo import DEFAULT_HOST, DEFAULT_PORT, Upstream, format_conninfo
         ("connect_timeout=10", Upstream("/var/run/postgresql", 5432, 10.0)),
         ("connect_timeout=0", Upstream("/var/run/postgresql", 5432, None)),
         ("connect_timeout=-1", Upstream("/var/run/postgresql", 5432, None)),
-        ("hostaddr=127.0.0.1", Upstream("127.0.0.1", 5432)),
-        ("host=db.example hostaddr=::1 port=5433", Upstream("::1", 5433)),
-        ("host=/tmp hostaddr=10.0.0.1", Upstream("10.0.0.1", 5432)),
+        ("hostaddr=127.0.0.1", Upstream("127.0.0.1", 5432, server_name="")),
+        (
+            "host=db.example hostaddr=::1 port=5433",
+            Upstream("::1", 5433, server_name="db.example"),
+        ),
+        ("host=/tmp hostaddr=10.0.0.1", Upstream("10.0.0.1", 5432, server_name="/tmp")),
     ],
 )
 def test_keyword_value_form(text: str, upstream: Upstream) -> None:
@@ -71,14 +74,12 @@ def test_uri_form(text: str, upstream: Upstream) -> None:
     [
         "dbname=app",
         "host=/tmp user=alice",
-        "sslmode=require",
         "application_name=x",
         "password=secret",
         "options='-c x=y'",
         "postgresql://alice@db.example",
         "postgresql://alice:pw@db.example",
         "postgresql://db.example/app",
-        "postgresql://db.example?sslmode=disable",
         "postgresql://db.example?ssl=true",
         "postgresql://db.example?application_name=x",
     ],
@@ -89,7 +90,7 @@ def test_session_options_are_refused(text: str) -> None:
         parse_conninfo(text)
     message = str(caught.value)
     assert "relays each client's own startup packet" in message
-    assert "only host, hostaddr, port and connect_timeout are used" in message
+    assert "only the keywords naming the server (host, hostaddr, port, connect_timeout)" in message
 
 
 @pytest.mark.parametrize(

@@ -847,9 +847,13 @@ def test_upstream_refusal_is_fatal_57p03_without_its_address(door: Door) -> None
     assert conn.transport.disconnecting
     assert conn.socket_closed
     (warning,) = [e for e in events if e["log_level"] is LogLevel.warn]
-    assert formatEvent(warning).startswith(
-        "could not connect to the upstream server for host=192.0.2.7: "
+    # The line names the upstream (pgtls.upstream's default socket here) and
+    # why, in libpq's words, not the client (issue 16, item 5).
+    assert formatEvent(warning) == (
+        "could not connect to the upstream server at "
+        "/var/run/postgresql/.s.PGSQL.5432: Connection refused"
     )
+    assert warning["upstream_failure"] == "connection_refused"
     conn.lost()
     assert door.factory.sessions == 0
 

@@ -145,7 +145,7 @@ class FrontDoorFactory(Factory):
             self._endpoint = (upstream, upstream_endpoint(self.reactor, upstream))
         return self._endpoint[1]
 
-    def open_upstream(self) -> defer.Deferred[Any]:
+    def open_upstream(self, startup: bytes | None = None) -> defer.Deferred[Any]:
         """
         Open a leg to the upstream, TLS negotiated as pgtls.upstream's sslmode
         says (see pgtls.upstreamleg); it fires with the UpstreamProtocol, ready
@@ -157,6 +157,7 @@ class FrontDoorFactory(Factory):
             self.settings.upstream,
             self.upstream_tls,
             self.reactor,
+            startup,
         )
 
     def resolve_hostname(self, address: IPAddress) -> defer.Deferred[str | None]:
@@ -502,7 +503,9 @@ class FrontDoor(Protocol):
             )
         self.phase = Phase.CONNECTING
         self._connect_started = self.door.reactor.seconds()
-        self._connecting = self.door.open_upstream()
+        self._connecting = self.door.open_upstream(
+            self.startup.packet if self.startup is not None else None
+        )
         self._connecting.addCallbacks(self.upstream_connected, self._upstream_failed)
 
     # -- the relay phase ---------------------------------------------------
@@ -524,18 +527,28 @@ class FrontDoor(Protocol):
                 self.door.reactor.seconds() - self._connect_started
             )
         first = self.startup.packet + self.reader.take_buffered()
+        self.bytes_up += len(first)
+        if upstream.startup_sent:
+            # The leg sent it to learn whether the upstream takes it (sslmode
+            # allow or prefer); what the upstream answered goes to the client.
+            first = first[len(self.startup.packet) :]
         # An idle session keeps neither the reader (which holds the whole
         # StartupMessage) nor more of the message than its last log line needs.
         self._reader = None
         self.startup = self.startup.brief()
-        self.bytes_up += len(first)
         splice(self.transport, upstream.transport)
+        if upstream.pending:
+            upstream.bytes_down += len(upstream.pending)
+            self.transport.write(upstream.pending)
+            upstream.pending = b""
         if upstream.tls:
             # A TLS leg relays through Twisted's TLS layer: its socket carries
             # only records, never the plaintext the pump would send there.
-            upstream.transport.write(first)
+            if first:
+                upstream.transport.write(first)
         else:
-            send_or_queue(upstream.transport, first, upstream.transport.write)
+            if first:
+                send_or_queue(upstream.transport, first, upstream.transport.write)
             self.pump = start_pump(self.transport, upstream.transport, self, upstream)
         self.transport.resumeProducing()
 

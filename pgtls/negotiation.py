@@ -281,6 +281,13 @@ class Negotiation:
         TLS after plaintext with allow.  None: the error goes to the client.
         """
         self._expect(_State.READY)
+        return self._fallback()
+
+    def has_fallback(self) -> bool:
+        """Whether an ErrorResponse to the StartupMessage would make libpq try again."""
+        return self.state is _State.READY and self._fallback() is not None
+
+    def _fallback(self) -> Retry | None:
         mode = self.upstream.sslmode
         if not self.upstream.uses_tls:
             return None

@@ -151,6 +151,10 @@ class UpstreamProtocol(Protocol):
     tls = False
     #: The upstream's certificate on a TLS leg (pgtls.upstreamleg sets it).
     peer_certificate: x509.Certificate | None = None
+    #: The leg sent the StartupMessage itself (to see whether the upstream
+    #: refuses it, see pgtls.upstreamleg), and read ``pending`` after it.
+    startup_sent = False
+    pending = b""
 
     def __init__(self) -> None:
         self.bytes_down = 0

@@ -22,6 +22,7 @@ from typing import Any
 from cryptography import x509
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IStreamClientEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -43,6 +44,10 @@ from pgtls.relay import DEFAULT_CONNECT_TIMEOUT, QuietFactory, UpstreamProtocol
 from pgtls.upstreamctx import UpstreamTLS, describe_handshake_failure
 
 __all__ = ["UpstreamFailure", "describe_failure", "open_upstream"]
+
+# The largest ErrorResponse read before the session is handed to the
+# client; PostgreSQL's startup errors are a few hundred bytes.
+_MAX_ERROR = 2**16
 
 
 class UpstreamFailure(Exception):
@@ -87,6 +92,7 @@ def open_upstream(
     upstream: Upstream,
     tls: UpstreamTLS | None,
     clock: Any,
+    startup: bytes | None = None,
 ) -> defer.Deferred[Any]:
     """
     Open the upstream leg as the sslmode says.
@@ -97,6 +103,12 @@ def open_upstream(
     @param upstream: the parsed ``pgtls.upstream``.
     @param tls: its client context (None when the leg never uses TLS).
     @param clock: for the negotiation's timeout (``connect_timeout``).
+    @param startup: the client's StartupMessage, when the leg may send it
+        itself: with sslmode allow or prefer, libpq tries the other
+        encryption on a new connection when the upstream answers it with
+        an ErrorResponse (a hostssl or hostnossl rule), and so does pgtls,
+        before relaying anything.  The protocol then has ``startup_sent``
+        set and what the upstream sent in ``pending``.
     @return: fires with an UpstreamProtocol ready for the StartupMessage
         (``tls`` set when encrypted, ``peer_certificate`` then the
         upstream's certificate), or fails with UpstreamFailure or the
@@ -104,15 +116,23 @@ def open_upstream(
     """
     if tls is None or not upstream.uses_tls:
         return endpoint.connect(plain_factory)
-    return _Leg(endpoint, upstream, tls, clock).start(first_attempt(upstream))
+    return _Leg(endpoint, upstream, tls, clock, startup).start(first_attempt(upstream))
 
 
 class _Leg:
     """The attempts of one upstream leg (two with prefer or allow), and its Deferred."""
 
+    log = Logger()
+
     def __init__(
-        self, endpoint: IStreamClientEndpoint, upstream: Upstream, tls: UpstreamTLS, clock: Any
+        self,
+        endpoint: IStreamClientEndpoint,
+        upstream: Upstream,
+        tls: UpstreamTLS,
+        clock: Any,
+        startup: bytes | None,
     ) -> None:
+        self.startup = startup
         self.endpoint = endpoint
         self.upstream = upstream
         self.tls = tls
@@ -123,7 +143,9 @@ class _Leg:
 
     def start(self, attempt: Attempt) -> defer.Deferred[Any]:
         negotiation = Negotiation(self.upstream, attempt)
-        protocol = NegotiatingUpstream(negotiation, self.tls, self.clock, self._finished)
+        protocol = NegotiatingUpstream(
+            negotiation, self.tls, self.clock, self._finished, self.startup
+        )
         self.protocol = protocol
         self.connecting = self.endpoint.connect(QuietFactory.forProtocol(lambda: protocol))
         self.connecting.addErrback(self._connect_failed)
@@ -143,6 +165,13 @@ class _Leg:
             self.result.callback(protocol)
         elif isinstance(action, Retry):
             protocol.abort()
+            self.log.info(
+                "upstream server at {upstream}: {why}; trying again {how} (sslmode={sslmode})",
+                upstream=self.upstream.address,
+                why=action.message,
+                how="without SSL" if action.attempt is Attempt.PLAIN else "with SSL",
+                sslmode=self.upstream.sslmode,
+            )
             self.start(action.attempt)
         elif isinstance(action, Fail):
             protocol.abort()
@@ -171,8 +200,12 @@ class NegotiatingUpstream(UpstreamProtocol):
         tls: UpstreamTLS,
         clock: Any,
         finished: Callable[[NegotiatingUpstream, Action], None],
+        startup: bytes | None = None,
     ) -> None:
         super().__init__()
+        self.startup = startup
+        # Reading the upstream's first answer to the StartupMessage.
+        self._sniffing: bytearray | None = None
         self.negotiation = negotiation
         self.upstream_tls = tls
         self.clock = clock
@@ -188,8 +221,33 @@ class NegotiatingUpstream(UpstreamProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.finished is None:
             super().dataReceived(data)
+        elif self._sniffing is not None:
+            self._sniff(data)
+        else:
+            self._act(self.negotiation.data_received(data))
+
+    def _sniff(self, data: bytes) -> None:
+        """
+        The upstream's first bytes after the StartupMessage: an ErrorResponse
+        (``E``, whole) means refused, and another attempt if the sslmode has
+        one; anything else (authentication) is kept for the client.
+        """
+        assert self._sniffing is not None
+        self._sniffing += data
+        buffered = self._sniffing
+        if buffered[0] == ord("E") and len(buffered) >= 5:
+            length = int.from_bytes(buffered[1:5], "big")
+            if 4 <= length <= _MAX_ERROR and len(buffered) < 1 + length:
+                return  # the rest of the error is on its way
+            retry = self.negotiation.startup_refused() if length <= _MAX_ERROR else None
+            if retry is not None:
+                self._done(retry)
+                return
+        elif buffered[0] == ord("E"):
             return
-        self._act(self.negotiation.data_received(data))
+        self._sniffing = None
+        self.pending = bytes(buffered)
+        self._done(Ready(tls=self.tls))
 
     def handshakeCompleted(self) -> None:
         if self.finished is None:
@@ -204,6 +262,9 @@ class NegotiatingUpstream(UpstreamProtocol):
             if hasattr(self, "client"):
                 super().connectionLost(reason)
             return
+        if self._sniffing is not None:
+            self._done(Fail(FailureReason.CLOSED, "server closed the connection unexpectedly"))
+            return
         if self.negotiation.in_handshake:
             handle = self.transport.getHandle() if self.tls else None
             label, message = describe_handshake_failure(handle, reason.value or Exception())
@@ -217,6 +278,10 @@ class NegotiatingUpstream(UpstreamProtocol):
         elif isinstance(action, StartTLS):
             self.tls = True
             self.transport.startTLS(self.upstream_tls)
+        elif isinstance(action, Ready) and self.startup and self.negotiation.has_fallback():
+            self.transport.write(self.startup)
+            self.startup_sent = True
+            self._sniffing = bytearray()
         elif isinstance(action, (Ready, Fail, Retry)):
             self._done(action)
 

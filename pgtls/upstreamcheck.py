@@ -100,12 +100,11 @@ def _attempt(
                 )
             elif isinstance(action, StartTLS):
                 assert tls is not None, "TLS is tried only with a client context"
-                connection = SSL.Connection(tls.context, sock)
-                _copy_setup(tls, connection)
+                connection, verification = tls.new_connection(sock)
                 try:
                     connection.do_handshake()
                 except (SSL.Error, OSError) as error:
-                    label, message = describe_handshake_failure(connection, error)
+                    label, message = describe_handshake_failure(verification, error)
                     action = negotiation.handshake_failed(label, message)
                     continue
                 peer = connection.get_peer_certificate()
@@ -129,16 +128,6 @@ def _attempt(
                 ]
             else:
                 raise RuntimeError(f"unexpected negotiation action {action!r}")
-
-
-def _copy_setup(tls: UpstreamTLS, connection: SSL.Connection) -> None:
-    """Give a connection made on a socket what clientConnectionForTLS gives its own."""
-    template = tls.clientConnectionForTLS(None)
-    connection.set_app_data(template.get_app_data())
-    name = template.get_servername()
-    if name is not None:
-        connection.set_tlsext_host_name(name)
-    connection.set_connect_state()
 
 
 def _connect(upstream: Upstream, timeout: float) -> socket.socket:

@@ -29,7 +29,13 @@ from zope.interface import implementer
 from pgtls.conninfo import Upstream
 from pgtls.negotiation import ALPN_POSTGRESQL, FailureReason
 
-__all__ = ["UpstreamTLS", "UpstreamTLSError", "describe_handshake_failure", "load_upstream_tls"]
+__all__ = [
+    "UpstreamTLS",
+    "UpstreamTLSError",
+    "Verification",
+    "describe_handshake_failure",
+    "load_upstream_tls",
+]
 
 _PROTOCOL_VERSIONS = {
     "TLSv1": SSL.TLS1_VERSION,
@@ -62,11 +68,20 @@ class UpstreamTLSError(Exception):
 
 
 @dataclass
-class _Verification:
+class Verification:
     """What OpenSSL's verify callback saw during one handshake: the first error."""
 
     error: int = 0
     depth: int = 0
+
+    def callback(
+        self, connection: SSL.Connection, cert: Any, errnum: int, depth: int, ok: int
+    ) -> bool:
+        """Keep OpenSSL's verdict, and its first error for the log line."""
+        if not ok and not self.error:
+            self.error = errnum
+            self.depth = depth
+        return bool(ok)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -87,12 +102,22 @@ class UpstreamTLS:
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """A new client connection, with SNI as libpq sends it."""
-        connection = SSL.Connection(self.context, None)
-        connection.set_app_data(_Verification())
+        return self.new_connection()[0]
+
+    def new_connection(self, sock: Any = None) -> tuple[SSL.Connection, Verification]:
+        """
+        A new client connection (on ``sock``, or memory BIOs), with SNI as
+        libpq sends it, and the record of its verification errors.
+        """
+        connection = SSL.Connection(self.context, sock)
+        verification = Verification()
+        if self.verifies:
+            # Per connection: Twisted keeps its own object in the app data.
+            connection.set_verify(SSL.VERIFY_PEER, verification.callback)
         if self._sni is not None:
             connection.set_tlsext_host_name(self._sni)
         connection.set_connect_state()
-        return connection
+        return connection, verification
 
 
 def load_upstream_tls(upstream: Upstream) -> UpstreamTLS | None:
@@ -113,7 +138,7 @@ def load_upstream_tls(upstream: Upstream) -> UpstreamTLS | None:
     context.set_alpn_protos([ALPN_POSTGRESQL])
     verifies = _load_root(context, upstream)
     if verifies:
-        context.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+        context.set_verify(SSL.VERIFY_PEER)
         _load_crl(context, upstream.sslcrl)
     elif upstream.sslcrl:
         raise UpstreamTLSError(
@@ -262,19 +287,8 @@ def check_client_key_permissions(path: str, *, euid: int | None = None) -> None:
         )
 
 
-def _record_verify_error(
-    connection: SSL.Connection, cert: Any, errnum: int, depth: int, ok: int
-) -> bool:
-    """Keep OpenSSL's verdict, and its first error for the log line."""
-    record = connection.get_app_data()
-    if not ok and isinstance(record, _Verification) and not record.error:
-        record.error = errnum
-        record.depth = depth
-    return bool(ok)
-
-
 def describe_handshake_failure(
-    connection: SSL.Connection | None, error: BaseException
+    record: Verification | None, error: BaseException
 ) -> tuple[FailureReason, str]:
     """
     Say why a handshake failed, in libpq's words (``SSL error: ...``), and
@@ -286,8 +300,7 @@ def describe_handshake_failure(
             return FailureReason.CLOSED, "SSL SYSCALL error: EOF detected"
         return FailureReason.HANDSHAKE_FAILED, f"SSL error: {text}"
     reason = _openssl_reason(error)
-    record = connection.get_app_data() if connection is not None else None
-    if isinstance(record, _Verification) and record.error:
+    if record is not None and record.error:
         words, label = _VERIFY_ERRORS.get(
             record.error, (f"X509 error {record.error}", FailureReason.CERTIFICATE_INVALID)
         )

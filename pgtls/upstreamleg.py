@@ -21,7 +21,12 @@ from typing import Any
 
 from cryptography import x509
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -41,7 +46,7 @@ from pgtls.negotiation import (
     first_attempt,
 )
 from pgtls.relay import DEFAULT_CONNECT_TIMEOUT, QuietFactory, UpstreamProtocol
-from pgtls.upstreamctx import UpstreamTLS, describe_handshake_failure
+from pgtls.upstreamctx import UpstreamTLS, Verification, describe_handshake_failure
 
 __all__ = ["UpstreamFailure", "describe_failure", "open_upstream"]
 
@@ -184,6 +189,22 @@ class _Leg:
             self.protocol.abort()
 
 
+@implementer(IOpenSSLClientConnectionCreator)
+class _KeepConnection:
+    """
+    The leg's connection creator for one handshake: it keeps the OpenSSL
+    connection on the protocol, since Twisted's TLS layer forgets it when
+    the connection is lost, which is when a failed handshake is told.
+    """
+
+    def __init__(self, protocol: NegotiatingUpstream) -> None:
+        self.protocol = protocol
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        connection, self.protocol.verification = self.protocol.upstream_tls.new_connection()
+        return connection
+
+
 @implementer(IHandshakeListener)
 class NegotiatingUpstream(UpstreamProtocol):
     """
@@ -204,6 +225,8 @@ class NegotiatingUpstream(UpstreamProtocol):
     ) -> None:
         super().__init__()
         self.startup = startup
+        # What OpenSSL's verification met during the handshake.
+        self.verification: Verification | None = None
         # Reading the upstream's first answer to the StartupMessage.
         self._sniffing: bytearray | None = None
         self.negotiation = negotiation
@@ -266,8 +289,9 @@ class NegotiatingUpstream(UpstreamProtocol):
             self._done(Fail(FailureReason.CLOSED, "server closed the connection unexpectedly"))
             return
         if self.negotiation.in_handshake:
-            handle = self.transport.getHandle() if self.tls else None
-            label, message = describe_handshake_failure(handle, reason.value or Exception())
+            label, message = describe_handshake_failure(
+                self.verification, reason.value or Exception()
+            )
             self._act(self.negotiation.handshake_failed(label, message))
             return
         self._act(self.negotiation.connection_lost())
@@ -277,7 +301,7 @@ class NegotiatingUpstream(UpstreamProtocol):
             self.transport.write(SSL_REQUEST)
         elif isinstance(action, StartTLS):
             self.tls = True
-            self.transport.startTLS(self.upstream_tls)
+            self.transport.startTLS(_KeepConnection(self))
         elif isinstance(action, Ready) and self.startup and self.negotiation.has_fallback():
             self.transport.write(self.startup)
             self.startup_sent = True

@@ -309,7 +309,8 @@ def test_cancel_through_a_tls_upstream(
     assert "canceling statement due to user request" in log
 
 
-COPY_MB = int(os.environ.get("PGTLS_UPSTREAM_COPY_MB", "64"))
+# 200 MB each way takes about 3 s here; PGTLS_UPSTREAM_COPY_MB changes it.
+COPY_MB = int(os.environ.get("PGTLS_UPSTREAM_COPY_MB", "200"))
 
 
 def test_copy_both_ways_with_checksums(
@@ -440,3 +441,125 @@ def test_expired_upstream_certificate(
     refused_57p03(server)
     line = failure_line(server, "certificate has expired")
     assert "SSL error: certificate verify failed (certificate has expired)" in line
+
+
+# -- flow control on each leg -------------------------------------------------
+
+# Socket buffers and Twisted's write buffers: a few MB; the data is 100+ MB.
+RSS_GROWTH_LIMIT = 48 * 1024 * 1024
+SLOW_PAUSE = 3.0
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+@pytest.fixture
+def verified_front(
+    pgtls: PgtlsLauncher, tls_pg: PostgresServer, upstream_pki: UpstreamPki
+) -> PgtlsServer:
+    return front(
+        pgtls,
+        tcp_upstream(tls_pg, sslmode="verify-full", sslrootcert=upstream_pki.ca_file),
+        ssl=True,
+    )
+
+
+def test_slow_client_pauses_the_tls_upstream(
+    verified_front: PgtlsServer, tls_pg: PostgresServer
+) -> None:
+    """
+    A client that stops reading mid COPY out: pgtls stops reading the TLS
+    upstream leg, whose backend then waits to write; pgtls's memory grows by
+    far less than the data, which arrives intact.
+    """
+    assert verified_front.process is not None
+    pid = verified_front.process.pid
+    rows = 100_000
+    sql = f"COPY (SELECT repeat('x', 1000) || i FROM generate_series(1, {rows}) i) TO STDOUT"
+    expected = hashlib.sha256()
+    for i in range(1, rows + 1):
+        expected.update(b"x" * 1000 + str(i).encode() + b"\n")
+    digest = hashlib.sha256()
+    with connect(verified_front, sslmode="require", application_name="slow-client") as conn:
+        before = rss_bytes(pid)
+        with conn.cursor().copy(sql) as copy:
+            first = True
+            for block in copy:
+                if first:
+                    first = False
+                    time.sleep(SLOW_PAUSE)
+                    during = rss_bytes(pid)
+                    wait = tls_pg.psql(
+                        "SELECT wait_event FROM pg_stat_activity "
+                        "WHERE application_name = 'slow-client'"
+                    )
+                digest.update(block)
+    assert wait == "ClientWrite"
+    assert during - before < RSS_GROWTH_LIMIT
+    assert digest.hexdigest() == expected.hexdigest()
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def test_slow_upstream_pauses_the_client(
+    pgtls: PgtlsLauncher, tls_pg: PostgresServer, upstream_pki: UpstreamPki
+) -> None:
+    """
+    An upstream busy for a while (pg_sleep) reads nothing: pgtls stops
+    reading the client, whose writes stall after a few MB, not after the
+    whole 128 MB it has to send; then everything is processed.  (The client
+    leg is plaintext: Python's SSL socket cannot read in one thread while
+    another writes.)
+    """
+    import socket
+
+    server = front(
+        pgtls, tcp_upstream(tls_pg, sslmode="verify-full", sslrootcert=upstream_pki.ca_file)
+    )
+    assert server.process is not None
+    pid = server.process.pid
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        params = b"user\0postgres\0database\0postgres\0\0"
+        sock.sendall((len(params) + 8).to_bytes(4, "big") + (196608).to_bytes(4, "big") + params)
+        received = bytearray()
+        while not received.endswith(b"Z\x00\x00\x00\x05I"):
+            chunk = sock.recv(65536)
+            assert chunk, "closed during startup"
+            received += chunk
+        big = _message(b"Q", b"SELECT 1 -- " + b"x" * 65000 + b"\0")
+        count = 2000
+        sent = [0]
+
+        def writer() -> None:
+            sock.sendall(_message(b"Q", b"SELECT pg_sleep(5)\0"))
+            for _ in range(count):
+                sock.sendall(big)
+                sent[0] += len(big)
+            sock.sendall(_message(b"X", b""))
+
+        before = rss_bytes(pid)
+        thread = threading.Thread(target=writer, daemon=True)
+        # The reader below runs only after the pause: the answers are small.
+        thread.start()
+        time.sleep(SLOW_PAUSE)
+        stalled_at = sent[0]
+        grown = rss_bytes(pid) - before
+        answers = bytearray()
+        sock.settimeout(120)
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answers += chunk
+        thread.join(30)
+        assert stalled_at < 32 * 1024 * 1024, stalled_at
+        assert grown < RSS_GROWTH_LIMIT
+        assert sent[0] == count * len(big)
+        assert answers.count(b"C\x00\x00\x00\x0dSELECT 1\x00") == count + 1

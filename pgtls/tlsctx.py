@@ -185,6 +185,9 @@ class ServerTLS:
     context: SSL.Context
     verify_clients: bool
     require_client_cert: bool
+    #: pgtls's own server certificate (the first of ssl_cert_file), to compare
+    #: with the upstream's (channel binding); None if only OpenSSL read it.
+    certificate: x509.Certificate | None = None
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         """
@@ -253,6 +256,7 @@ def load_server_tls(
         context=context,
         verify_clients=verify_clients,
         require_client_cert=verify_clients and settings.clientcert == "required",
+        certificate=leaf,
     )
 
 

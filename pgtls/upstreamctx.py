@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
@@ -246,15 +247,27 @@ def _load_client_certificate(context: SSL.Context, upstream: Upstream) -> x509.C
             f'certificate present, but not private key file (sslcert "{cert_path}" needs sslkey)'
         )
     check_client_key_permissions(key_path)
-    password = upstream.sslpassword.encode("utf-8")
-    context.set_passwd_cb(lambda *_: password)
     try:
-        context.use_privatekey_file(key_path)
+        key = serialization.load_pem_private_key(
+            _read(key_path), password=upstream.sslpassword.encode("utf-8") or None
+        )
+        context.use_privatekey(key)  # type: ignore[arg-type]
         context.check_privatekey()
-    except SSL.Error as error:
+    except OSError as error:
         raise UpstreamTLSError(
-            f'could not load private key file "{key_path}": {_openssl_reason(error)}'
+            f'could not load private key file "{key_path}": {error.strerror}'
         ) from None
+    except TypeError:
+        # cryptography: encrypted and no password, or a password for a plain key.
+        reason = "the key is encrypted and sslpassword is not set"
+        if upstream.sslpassword:
+            reason = "sslpassword is set but the key is not encrypted"
+        raise UpstreamTLSError(f'could not load private key file "{key_path}": {reason}') from None
+    except (ValueError, crypto.Error, SSL.Error) as error:
+        reason = "bad decrypt" if upstream.sslpassword else str(error).split("\n", 1)[0]
+        if isinstance(error, SSL.Error):
+            reason = _openssl_reason(error)
+        raise UpstreamTLSError(f'could not load private key file "{key_path}": {reason}') from None
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:

@@ -706,7 +706,7 @@ def test_bad_upstream_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_proxy_protocol_networks(tmp_path: Path) -> None:
-    """pgtls.proxy_protocol_networks: addresses and CIDR networks, IPv4 and IPv6, empty by default."""
+    """pgtls.proxy_protocol_networks: addresses and CIDR networks, IPv4 or IPv6; none by default."""
     assert _load(tmp_path, "").proxy_protocol_networks == ()
     loaded = _load(
         tmp_path, "pgtls.proxy_protocol_networks = ' 10.0.0.0/8 ,192.0.2.7, ::1,fd00::/8'"

@@ -114,7 +114,7 @@ def psql(port: int, **params: str) -> subprocess.CompletedProcess[str]:
 def test_behind_haproxy(pgtls: PgtlsLauncher, pki: Pki, haproxy: tuple[str, Path]) -> None:
     """
     Through HAProxy, pg_hba.conf admits and refuses on the client's own
-    address; TLS (require, verify-full) works with the header before it; the
+    address; TLS (require, verify-full, direct SSL) works after the header; the
     logs and the metrics name the client, not HAProxy.
     """
     send_proxy, directory = haproxy
@@ -130,6 +130,12 @@ def test_behind_haproxy(pgtls: PgtlsLauncher, pki: Pki, haproxy: tuple[str, Path
         ) as conn:
             assert conn.info.pgconn.ssl_in_use
             assert conn.execute("select 1").fetchone() == (1,)
+        with psycopg.connect(
+            f"host=localhost hostaddr=127.0.0.1 port={balancer.port} user=postgres "
+            f"dbname=postgres sslmode=verify-full sslrootcert={pki.ca_file} "
+            f"sslnegotiation=direct connect_timeout={TIMEOUT}"
+        ) as conn:
+            assert conn.info.pgconn.ssl_in_use
         plain = psql(balancer.port, sslmode="disable")
         assert plain.returncode == 0, plain.stderr
 
@@ -153,7 +159,7 @@ def test_behind_haproxy(pgtls: PgtlsLauncher, pki: Pki, haproxy: tuple[str, Path
     ]
     sessions = [event for event in logged if event["text"].startswith("session ")]
     relayed = [s for s in sessions if s["outcome"] == "relayed"]
-    assert len(relayed) == 3
+    assert len(relayed) == 4
     assert {(s["host"], s["ssl"]) for s in relayed} == {("127.0.0.1", True), ("127.0.0.1", False)}
     assert all(s["proxy"].startswith(f"{BALANCER}:") for s in relayed)
     (refused,) = [s for s in sessions if s["outcome"] == "refused"]
@@ -166,11 +172,11 @@ def test_behind_haproxy(pgtls: PgtlsLauncher, pki: Pki, haproxy: tuple[str, Path
 
     samples = scrape_until(metrics_port, "pgtls_refusals_total", {"reason": "no_hba_entry"}, 1)
     assert series(samples, "pgtls_refusals_total") == {frozenset({("reason", "no_hba_entry")}): 1}
-    assert value(samples, "pgtls_sessions_total", outcome="relayed", encryption="ssl") == 2
+    assert value(samples, "pgtls_sessions_total", outcome="relayed", encryption="ssl") == 3
     assert value(samples, "pgtls_sessions_total", outcome="relayed", encryption="none") == 1
-    # Four client connections named by their header (HAProxy's start probe
+    # Five client connections named by their header (HAProxy's start probe
     # may add one); v1's health checks name HAProxy itself, v2's are LOCAL.
-    assert (value(samples, "pgtls_proxy_headers_total", result="proxied") or 0) >= 4
+    assert (value(samples, "pgtls_proxy_headers_total", result="proxied") or 0) >= 5
     assert value(samples, "pgtls_proxy_headers_total", result="invalid") == 0
 
 

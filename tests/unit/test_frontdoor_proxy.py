@@ -14,6 +14,7 @@ import pytest
 from test_frontdoor import (
     ALICE,
     CLIENT,
+    HELLO,
     Door,
     Pki,
     fatal,
@@ -78,6 +79,16 @@ def test_header_and_ssl_request_in_one_read(door: Door, header: bytes) -> None:
     conn.send(ALICE)
     assert door.reactor.tcpClients, "admitted on the real client's address"
     assert (conn.protocol.address, conn.protocol.port) == (ipaddress.ip_address(REAL), 51234)
+
+
+@pytest.mark.parametrize("header", [V1, V2], ids=["v1", "v2"])
+def test_header_and_direct_tls_in_one_read(door: Door, header: bytes) -> None:
+    """A ClientHello right after the header starts direct TLS; the hello reaches the TLS layer."""
+    conn = door.connect()
+    conn.send(header + HELLO)
+    assert conn.transport.tls_started == [door.factory.tls]
+    assert conn.transport.protocol.received == HELLO
+    assert conn.protocol.phase is Phase.HANDSHAKE
 
 
 @pytest.mark.parametrize("header", [V1, V2], ids=["v1", "v2"])

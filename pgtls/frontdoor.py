@@ -5,7 +5,10 @@ It reads the first packets with the sans-IO reader (pgtls.wire), answers
 SSLRequest with ``S`` or ``N`` and starts TLS, accepts direct TLS, asks
 pg_hba.conf (pgtls.hba) whether the session may pass, and hands admitted
 sessions to the relay (pgtls.relay).  Nothing a client sends reaches the
-upstream before the session is admitted.
+upstream before the session is admitted.  A connection from a load
+balancer in ``pgtls.proxy_protocol_networks`` starts with a PROXY header
+(pgtls.proxyheader), read before the first packet; its address is the
+client's from then on.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ __all__ = [
     "Metrics",
     "MetricsService",
     "Outcome",
+    "ProxyHeaderResult",
     "metrics_service",
     "refusal_reason",
 ]
@@ -84,11 +85,12 @@ REFUSAL_REASONS = (
 )
 
 #: The ``result`` label of pgtls_proxy_headers_total.
-PROXY_HEADER_RESULTS = (
+ProxyHeaderResult = Literal[
     "proxied",  # the header named the client: its address is the client's
     "local",  # LOCAL or UNKNOWN (a health check): the balancer's own address
     "invalid",  # no valid header: closed without a word
-)
+]
+PROXY_HEADER_RESULTS: tuple[ProxyHeaderResult, ...] = get_args(ProxyHeaderResult)
 
 # Upstream connections are often a Unix socket (well under a millisecond)
 # and sometimes a remote host: buckets from 250 us to 10 s.
@@ -215,7 +217,7 @@ class Metrics:
         handshakes.inc()
         active.inc()
 
-    def proxy_header(self, result: str) -> None:
+    def proxy_header(self, result: ProxyHeaderResult) -> None:
         """Count a load balancer's connection by its header (L{PROXY_HEADER_RESULTS})."""
         self._proxy_headers_by[result].inc()
 

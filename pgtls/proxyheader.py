@@ -169,7 +169,7 @@ def _source(info: _haproxy.ProxyInfo) -> tuple[IPAddress, int] | None:
 def _canonical_v1(line: bytes) -> bool:
     """
     Whether a TCP4/TCP6 line is exactly the specification's: both addresses
-    of the family named, ports in decimal from 0 to 65535 without sign or
+    of the family named (no zone), ports in decimal from 0 to 65535 without sign or
     leading zero, nothing after them.  Twisted's parser lets any address
     text, ``+80`` and trailing fields through.
     """
@@ -178,6 +178,8 @@ def _canonical_v1(line: bytes) -> bool:
         return False
     family = {b"TCP4": 4, b"TCP6": 6}.get(fields[1])
     for text in fields[2:4]:
+        if b"%" in text:
+            return False  # an IPv6 zone, which means nothing on this host
         try:
             if ipaddress.ip_address(text.decode("ascii")).version != family:
                 return False

@@ -195,6 +195,7 @@ def test_the_longest_headers_allowed() -> None:
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n", "invalid PROXY protocol version 1 header"),
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n", "invalid PROXY protocol version 1 header"),
         (b"PROXY TCP4 ::1 ::2 1 2\r\n", "invalid PROXY protocol version 1 header"),
+        (b"PROXY TCP6 fe80::1%eth0 ::2 1 2\r\n", "invalid PROXY protocol version 1 header"),
         (b"PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n", "invalid PROXY protocol version 1 header"),
         (b"PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n", "invalid PROXY protocol version 1 header"),
         (b"PROXY \xff\r\n", "invalid PROXY protocol version 1 header"),

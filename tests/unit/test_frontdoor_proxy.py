@@ -273,8 +273,11 @@ def test_a_reload_applies_to_new_connections(tmp_path: Path, pki: Pki) -> None:
 
 
 def test_metrics_count_proxied_connections(door: Door) -> None:
-    """pgtls_proxy_headers_total counts headers that named a client."""
+    """pgtls_proxy_headers_total counts headers that named a client; every result starts at 0."""
     metrics = metered(door)
+    for result in PROXY_HEADER_RESULTS:
+        sample = metrics.registry.get_sample_value("pgtls_proxy_headers_total", {"result": result})
+        assert sample == 0
     for header in (V1, V2):
         conn = door.connect()
         conn.send(header + ALICE)

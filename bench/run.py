@@ -14,7 +14,7 @@ PostgreSQL measured in the same round.
 Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/run.py [--rounds N] [--duration S] [--slices K] [--smoke]
-        [--targets native,pgbouncer,pgtls,stunnel] [--json PATH]
+        [--targets native,pgbouncer,pgtls,pgtls-tls,stunnel] [--json PATH]
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ import workloads
 from report import WORKLOADS
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = ("native", "pgbouncer", "pgtls", "stunnel")
+# pgtls-tls: pgtls whose upstream leg is TLS too (sslmode=verify-full to the
+# cluster's TCP port), beside pgtls on the cluster's Unix socket.
+TARGETS = ("native", "pgbouncer", "pgtls", "pgtls-tls", "stunnel")
 # The relays that are not this project's, each run from its Debian package.
 _RELAYS = {relay.name: relay for relay in (servers.PgBouncer, servers.Stunnel)}
 
@@ -249,8 +251,8 @@ class Bench:
         for name in config.targets:
             if name == "native":
                 self.targets[name] = servers.Target(name, self.postgres.port, self.upstream_root)
-            elif name == "pgtls":
-                self._start_pgtls(pki)
+            elif name in ("pgtls", "pgtls-tls"):
+                self._start_pgtls(pki, name)
             else:
                 self._start_relay(name, programs[name], cert, key)
         for name, target in self.targets.items():
@@ -267,8 +269,15 @@ class Bench:
             name, relay.port, lambda: relay.pid, fresh=relay.restart, release=relay.restart
         )
 
-    def _start_pgtls(self, pki: servers.Pki) -> None:
-        pgtls = servers.start_pgtls(self.root / "pgtls", pki, self.postgres)
+    def _start_pgtls(self, pki: servers.Pki, name: str) -> None:
+        upstream = None
+        if name == "pgtls-tls":
+            # The cluster's certificate is the bench CA's, for 127.0.0.1.
+            upstream = (
+                f"host=127.0.0.1 port={self.postgres.port} sslmode=verify-full "
+                f"sslrootcert={pki.ca_file}"
+            )
+        pgtls = servers.start_pgtls(self.root / name, pki, self.postgres, upstream=upstream)
         self.stack.callback(pgtls.stop)
         self.versions["pgtls"] = _version(
             ["git", "-C", str(REPO), "describe", "--always", "--dirty"]
@@ -276,8 +285,8 @@ class Bench:
         # twistd runs on this interpreter, whose build sets pgtls's speed.
         base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self.versions["pgtls's python"] = f"{platform.python_version()} ({base})"
-        self.targets["pgtls"] = servers.Target(
-            "pgtls",
+        self.targets[name] = servers.Target(
+            name,
             pgtls.port,
             lambda: servers.pgtls_pid(pgtls),
             fresh=lambda: servers.restart_pgtls(pgtls),

@@ -134,6 +134,10 @@ def load_upstream_tls(upstream: Upstream) -> UpstreamTLS | None:
         return None
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # An idle session's leg keeps no 2 x 16 kB of OpenSSL buffers (as the
+    # client leg's context).
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_min_proto_version(_PROTOCOL_VERSIONS.get(upstream.ssl_min_protocol_version, 0))
     context.set_max_proto_version(_PROTOCOL_VERSIONS.get(upstream.ssl_max_protocol_version, 0))
     context.set_alpn_protos([ALPN_POSTGRESQL])

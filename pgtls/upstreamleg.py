@@ -314,6 +314,10 @@ class NegotiatingUpstream(UpstreamProtocol):
             self._timer.cancel()
         self._timer = None
         finished, self.finished = self.finished, None
+        # A relayed session keeps neither the StartupMessage nor the record
+        # of the handshake's verification.
+        self.startup = None
+        self.verification = None
         if isinstance(action, Ready):
             self.peer_certificate = self.negotiation.peer_certificate
         if finished is not None:

@@ -173,3 +173,57 @@ def test_start_error_names_the_line(tmp_path: Path) -> None:
         f'{tmp_path}/postgresql.conf:2: invalid value for parameter "pgtls.upstream": '
         f'root certificate file "{tmp_path}/missing.crt" does not exist'
     )
+
+
+def test_probe_unix_socket_answers(tmp_path: Path) -> None:
+    """pgtls check: a listening Unix socket answers; a missing one is a warning."""
+    import socket
+
+    from pgtls.upstreamcheck import probe_upstream
+
+    upstream = parse_conninfo(f"host={tmp_path} port=5499")
+    missing = probe_upstream(upstream, None, timeout=2)
+    assert missing[1] == (
+        f"  warning: the upstream server at {tmp_path}/.s.PGSQL.5499 does not answer: "
+        "No such file or directory"
+    )
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(upstream.unix_socket_path)
+        listening.listen()
+        lines = probe_upstream(upstream, None, timeout=2)
+    assert lines[1] == (
+        f"  the upstream server at {tmp_path}/.s.PGSQL.5499 answers (no SSL on this leg)"
+    )
+
+
+def test_probe_tcp_n_and_silence(tmp_path: Path) -> None:
+    """pgtls check on TCP: N with prefer answers without SSL; N with require is a warning."""
+    import socket
+    import threading
+
+    from pgtls.upstreamcheck import probe_upstream
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+
+        def answer_n() -> None:
+            for _ in range(2):
+                conn, _ = listening.accept()
+                with conn:
+                    conn.recv(8)
+                    conn.sendall(b"N")
+
+        thread = threading.Thread(target=answer_n)
+        thread.start()
+        prefer = parse_conninfo(f"host=127.0.0.1 port={port}")
+        require = parse_conninfo(f"host=127.0.0.1 port={port} sslmode=require")
+        assert probe_upstream(prefer, load_upstream_tls(prefer), timeout=5)[1] == (
+            f"  the upstream server at 127.0.0.1:{port} answers without SSL"
+        )
+        assert probe_upstream(require, load_upstream_tls(require), timeout=5)[1] == (
+            f"  warning: could not connect to the upstream server at 127.0.0.1:{port}: "
+            "server does not support SSL, but SSL was required"
+        )
+        thread.join(5)

@@ -646,7 +646,12 @@ def _upstream(name: str, text: str) -> Upstream:
     try:
         return parse_conninfo(text)
     except ValueError as error:
-        raise _InvalidValue(_invalid(name, text, str(error))) from None
+        # The message shows the value: never its sslpassword.
+        shown = _SSLPASSWORD.sub(r"\1********", text)
+        raise _InvalidValue(_invalid(name, shown, str(error))) from None
+
+
+_SSLPASSWORD = re.compile(r"(sslpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]*)")
 
 
 def _networks(name: str, text: str) -> tuple[IPNetwork, ...]:

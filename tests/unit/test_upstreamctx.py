@@ -227,3 +227,18 @@ def test_probe_tcp_n_and_silence(tmp_path: Path) -> None:
             "server does not support SSL, but SSL was required"
         )
         thread.join(5)
+
+
+def test_bad_upstream_value_hides_sslpassword(tmp_path: Path) -> None:
+    """A start-up error that shows pgtls.upstream's text never shows its sslpassword."""
+    (tmp_path / "postgresql.conf").write_text(
+        "pgtls.upstream = 'host=db sslpassword=hunter2 sslmode=bogus'\n"
+    )
+    (tmp_path / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    (tmp_path / "pg_ident.conf").write_text("")
+    with pytest.raises(StartupError) as caught:
+        load_server_config(str(tmp_path))
+    message = str(caught.value)
+    assert f"{tmp_path}/postgresql.conf:1: " in message
+    assert 'invalid sslmode value: "bogus"' in message
+    assert "hunter2" not in message and "sslpassword=********" in message

@@ -207,6 +207,9 @@ def test_upstream_unavailable(door: Door) -> None:
     assert sample(metrics, "pgtls_sessions_active", encryption="ssl") == 0
     assert sample(metrics, "pgtls_upstream_connect_seconds_count") == 0
     assert refusals(metrics) == {}
+    # Counted by its typed reason; every other reason is there at 0.
+    assert sample(metrics, "pgtls_upstream_failures_total", reason="connection_refused") == 1
+    assert sample(metrics, "pgtls_upstream_failures_total", reason="host_name_mismatch") == 0
 
 
 def test_client_leaving_while_connecting(door: Door) -> None:

@@ -381,12 +381,22 @@ def test_check_warns_when_the_upstream_does_not_answer(tmp_path: Path, pki: Pki)
 
 
 def _pgtls_upstream(
-    pgtls: PgtlsLauncher, postgres: PostgresServer, cert: Path, key: Path, name: str
+    pgtls: PgtlsLauncher,
+    postgres: PostgresServer,
+    cert: Path,
+    key: Path,
+    name: str,
+    settings: tuple[str, ...] = (),
 ) -> PgtlsServer:
     """A pgtls with ssl = on serving ``cert``: it accepts direct SSL, as PostgreSQL 17."""
     port = free_port()
     datadir = make_datadir(
-        pgtls.tmp_path / name, pgtls.pki, postgres.conninfo(), port=port, ssl=True
+        pgtls.tmp_path / name,
+        pgtls.pki,
+        postgres.conninfo(),
+        port=port,
+        ssl=True,
+        settings=settings,
     )
     (datadir / "server.crt").unlink()
     (datadir / "server.key").unlink()
@@ -563,3 +573,26 @@ def test_slow_upstream_pauses_the_client(
         assert grown < RSS_GROWTH_LIMIT
         assert sent[0] == count * len(big)
         assert answers.count(b"C\x00\x00\x00\x0dSELECT 1\x00") == count + 1
+
+
+def test_handshake_alert(
+    pgtls: PgtlsLauncher, postgres: PostgresServer, upstream_pki: UpstreamPki
+) -> None:
+    """No common protocol version: the handshake fails with OpenSSL's words, logged."""
+    inner = _pgtls_upstream(
+        pgtls,
+        postgres,
+        upstream_pki.server_cert,
+        upstream_pki.server_key,
+        "inner-tls12",
+        ("ssl_max_protocol_version = 'TLSv1.2'",),
+    )
+    server = front(
+        pgtls, f"host=127.0.0.1 port={inner.port} sslmode=require ssl_min_protocol_version=TLSv1.3"
+    )
+    refused_57p03(server)
+    line = failure_line(server, "SSL error: ")
+    assert (
+        f"upstream server at 127.0.0.1:{inner.port}: SSL error: tlsv1 alert protocol version"
+        in (line)
+    )

@@ -48,6 +48,18 @@ def plain_pg() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def nossl_pg(upstream_pki: UpstreamPki) -> Iterator[PostgresServer]:
+    """PostgreSQL 15 with ssl = on whose TCP rule is hostnossl: it refuses sessions over SSL."""
+    with PostgresServer(
+        tcp=True,
+        ssl_cert_file=upstream_pki.server_cert,
+        ssl_key_file=upstream_pki.server_key,
+        hba=("local all all trust", "hostnossl all all 127.0.0.1/32 trust"),
+    ) as server:
+        yield server
+
+
 def tcp_upstream(server: PostgresServer, **keywords: object) -> str:
     """A pgtls.upstream conninfo for the server's TCP port, with TLS keywords."""
     words = {"host": "127.0.0.1", "port": server.port, **keywords}
@@ -118,6 +130,14 @@ def test_sslmode_allow_retries_with_tls(pgtls: PgtlsLauncher, tls_pg: PostgresSe
     server = front(pgtls, tcp_upstream(tls_pg, sslmode="allow"))
     with connect(server) as conn:
         assert upstream_ssl(conn)
+
+
+def test_sslmode_prefer_retries_without_tls(pgtls: PgtlsLauncher, nossl_pg: PostgresServer) -> None:
+    """prefer: refused over TLS (hostnossl), so plaintext on a new connection, as libpq does."""
+    server = front(pgtls, tcp_upstream(nossl_pg))
+    with connect(server) as conn:
+        assert not upstream_ssl(conn)
+    server.wait_for_log("trying again without SSL (sslmode=prefer)")
 
 
 def test_sslmode_disable_reaches_the_upstream_in_plaintext(

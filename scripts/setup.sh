@@ -100,10 +100,15 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The versions the suite passed on (constraints/tested.txt), unless
+# PGTLS_CONSTRAINTS names another file; set and empty, the newest allowed.
+constraints=()
+[[ -n ${PGTLS_CONSTRAINTS-constraints/tested.txt} ]] &&
+    constraints=(-c "${PGTLS_CONSTRAINTS-constraints/tested.txt}")
 # compat mode puts the checkout on sys.path, where twistd's plugin scan finds
 # twisted/plugins/pgtls_plugin.py (the default editable mode hides it).
 pip_log=$(mktemp)
-if ! .venv/bin/pip install -e "${PGTLS_PIP_TARGET:-.[test]}" \
+if ! .venv/bin/pip install -e "${PGTLS_PIP_TARGET:-.[test]}" "${constraints[@]}" \
         --config-settings editable_mode=compat >"$pip_log" 2>&1; then
     cat "$pip_log" >&2
     rm -f "$pip_log"

@@ -2,7 +2,7 @@
 # machine lacks (PostgreSQL's server binaries, python3-venv), create .venv
 # and install pgtls into it.  Sourced from the repository root.
 
-say() { printf '%s: %s\n' "${SCRIPT_NAME:-pgtls}" "$*" >&2; }
+source scripts/apt.sh
 
 # The same search as tests/integration/pgserver.py find_bindir().
 have_pg_binaries() {
@@ -17,24 +17,6 @@ have_pg_binaries() {
     done
     return 1
 }
-
-apt_updated=no
-apt_install() {
-    export DEBIAN_FRONTEND=noninteractive
-    # Update the package lists only when they are empty or stale (install fails).
-    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
-        apt-get update -q
-        apt_updated=yes
-    fi
-    if ! apt-get install -y -q "$@"; then
-        [[ $apt_updated == yes ]] && return 1
-        apt-get update -q
-        apt_updated=yes
-        apt-get install -y -q "$@"
-    fi
-}
-
-can_install() { [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; }
 
 if ! have_pg_binaries; then
     if can_install; then

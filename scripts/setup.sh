@@ -23,7 +23,7 @@ if ! have_pg_binaries; then
         say "installing PostgreSQL (Debian's postgresql package)"
         apt_install postgresql
     elif command -v apt-get >/dev/null; then
-        say "PostgreSQL server binaries not found: run 'sudo apt-get install postgresql', or run this script as root"
+        say "PostgreSQL server binaries not found: install Debian's postgresql package (as root: apt-get install postgresql), or run this script as root"
         exit 1
     else
         say "PostgreSQL server binaries (initdb, pg_ctl, pg_isready, psql) not found and this is not Debian:"

@@ -67,6 +67,7 @@ if [[ -x .venv/bin/python ]] && command -v "$python" >/dev/null && venv_from_oth
 fi
 
 if [[ ! -x .venv/bin/python ]]; then
+    say "creating .venv with $python"
     if ! "$python" -m venv .venv; then
         rm -rf .venv
         if can_install; then
@@ -90,8 +91,12 @@ constraints=()
 # compat mode puts the checkout on sys.path, where twistd's plugin scan finds
 # twisted/plugins/pgtls_plugin.py (the default editable mode hides it).
 pip_log=$(mktemp)
+say "installing pgtls and its dependencies into .venv (pip)"
+# The packages pip fetches, as it goes: the first run takes a while.
 if ! .venv/bin/pip install -e "${PGTLS_PIP_TARGET:-.[test]}" "${constraints[@]}" \
-        --config-settings editable_mode=compat >"$pip_log" 2>&1; then
+        --config-settings editable_mode=compat 2>&1 |
+        tee "$pip_log" | sed -un -e 's/^Collecting /  collecting /p' \
+            -e 's/^Processing .*\/\([^/]*\.whl\)$/  collecting \1/p' >&2; then
     cat "$pip_log" >&2
     rm -f "$pip_log"
     say "pip install failed"

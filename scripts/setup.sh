@@ -59,6 +59,18 @@ if [[ -n ${PGTLS_NEED_SYSTEMD_TOOLS:-} ]] && ! command -v systemd-analyze >/dev/
     fi
 fi
 
+# pgtls.service's ExecReload= runs kill (Debian's procps package, absent from
+# minimal images), which systemd-analyze verify looks for.
+if [[ -n ${PGTLS_NEED_SYSTEMD_TOOLS:-} && ! -x /usr/bin/kill ]]; then
+    if can_install; then
+        say "installing Debian's procps package (kill, for the unit tests)"
+        apt_install procps
+    else
+        say "/usr/bin/kill not found: install Debian's procps package (the service tests need it)"
+        exit 1
+    fi
+fi
+
 source scripts/python.sh
 python=$(pick_python)
 if [[ -x .venv/bin/python ]] && command -v "$python" >/dev/null && venv_from_other_python "$python"; then

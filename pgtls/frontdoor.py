@@ -670,7 +670,7 @@ class FrontDoor(Protocol):
         # str.format writes the text at once; Twisted's formatter would take
         # its template apart in Python, field by field, for every connection.
         summary = (_SUMMARY_SSL if info else _SUMMARY_PLAIN).format(**fields)
-        self.log.debug("session {summary}", summary=summary, **fields)
+        self.log.info("session {summary}", summary=summary, **fields)
 
 
 _SUMMARY_FIELDS = (

@@ -236,7 +236,7 @@ def test_json_logs(pgtls: PgtlsLauncher) -> None:
     assert relayed["outcome"] == "relayed"
     assert relayed["bytes_up"] > 0 and relayed["bytes_down"] > 0
     assert 0 < relayed["duration"] < PROCESS_TIMEOUT
-    assert relayed["level"] == "debug"
+    assert relayed["level"] == "info"
     assert (refusal["user"], refusal["ssl"], refusal["protocol"]) == ("alice", False, None)
     assert (refusal["outcome"], refusal["reason"]) == ("refused", "no_hba_entry")
     assert refusal["detail"] == (

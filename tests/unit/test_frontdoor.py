@@ -869,7 +869,7 @@ def test_client_leaving_while_connecting_cancels_the_attempt(door: Door) -> None
 
 
 def test_authentication_timeout_closes_silently(tmp_path: Path, pki: Pki) -> None:
-    """A client silent for authentication_timeout is closed without a byte or a log line."""
+    """A client silent for authentication_timeout: closed without a byte, only the session line."""
     door = make_door(tmp_path, pki, settings=["authentication_timeout = 5s"])
     conn = door.connect()
     conn.send(b"\x00\x00")
@@ -881,7 +881,9 @@ def test_authentication_timeout_closes_silently(tmp_path: Path, pki: Pki) -> Non
     assert conn.closed
     assert not conn.transport.disconnected  # a FIN, as PostgreSQL's exit: no reset
     assert conn.answer() == b""
-    assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+    # Only pgtls's own access-log line, none of PostgreSQL's.
+    (summary,) = [e for e in events if e["log_level"] >= LogLevel.info]
+    assert (summary["log_format"], summary["outcome"]) == ("session {summary}", "timeout")
 
 
 def test_authentication_timeout_during_the_handshake(door: Door) -> None:
@@ -894,7 +896,8 @@ def test_authentication_timeout_during_the_handshake(door: Door) -> None:
     assert not conn.transport.disconnecting
     with capturedLogs() as events:
         conn.lost()
-    assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+    (summary,) = [e for e in events if e["log_level"] >= LogLevel.info]
+    assert (summary["log_format"], summary["outcome"]) == ("session {summary}", "timeout")
 
 
 def test_authentication_timeout_does_not_fire_after_admission(door: Door) -> None:

@@ -41,6 +41,7 @@ from pgtls._hostname import resolve_client_hostname
 
 __all__ = [
     "Admission",
+    "Authenticated",
     "Client",
     "ClientCert",
     "HbaError",
@@ -104,6 +105,27 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True)
+class Authenticated:
+    """
+    An identity a pg_hba.conf line authenticated, which PostgreSQL 14 and
+    later log with log_connections (auth.c set_authn_id): only the ``cert``
+    method does so here (the certificate's subject DN, even when its CN is
+    what maps to the user); trust authenticates no one, and the password
+    methods are the upstream's to log.
+
+    :ivar identity: the authenticated identity.
+    :ivar method: the line's method.
+    :ivar file: the file holding the line.
+    :ivar line_number: its line number.
+    """
+
+    identity: str
+    method: str
+    file: str
+    line_number: int
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     """
     The connection may pass.
@@ -122,6 +144,13 @@ class Admission:
     line_text: str
     identity: str | None
 
+    @property
+    def authenticated(self) -> Authenticated | None:
+        """The identity to log, with the line that authenticated it."""
+        if self.identity is None:
+            return None
+        return Authenticated(self.identity, self.method, self.file, self.line_number)
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -131,11 +160,15 @@ class Refusal:
     :ivar sqlstate: PostgreSQL's SQLSTATE for this refusal.
     :ivar message: PostgreSQL's message, sent to the client.
     :ivar log_detail: why, for the server log only (never sent).
+    :ivar authenticated: the identity the line authenticated before the
+        refusal (``cert`` whose name does not map to the user), which
+        PostgreSQL logs before it refuses.
     """
 
     sqlstate: str
     message: str
     log_detail: str | None
+    authenticated: Authenticated | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -1387,7 +1420,12 @@ class Rules:
                 )
         sqlstate = "28P01" if line.method in _PASSWORD_METHODS else "28000"
         message = _AUTH_FAILED[line.method].format(user)
-        return Refusal(sqlstate, message, "\n".join([*reasons, line.matched]))
+        # cert authenticates the DN as soon as the certificate has a name,
+        # before the user map is checked (auth.c CheckCertAuth).
+        authenticated = None
+        if line.method == "cert" and name:
+            authenticated = Authenticated(cert.dn, line.method, line.path, line.number)
+        return Refusal(sqlstate, message, "\n".join([*reasons, line.matched]), authenticated)
 
 
 def _encryption(client: Client) -> str:

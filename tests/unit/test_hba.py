@@ -16,7 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgtls import _ifaddrs, hba
-from pgtls.hba import Admission, Client, ClientCert, HbaError, Refusal, Rules, load_rules
+from pgtls.hba import (
+    Admission,
+    Authenticated,
+    Client,
+    ClientCert,
+    HbaError,
+    Refusal,
+    Rules,
+    load_rules,
+)
 
 ALICE = ClientCert(cn="alice", dn="CN=alice,O=Test")
 BOB = ClientCert(cn="bob", dn="CN=bob,O=Test")
@@ -859,6 +868,40 @@ def test_cert_admits_matching_cn_with_dn_identity(tmp_path: Path) -> None:
     rules = load(tmp_path, "hostssl all all all cert\n")
     admission = admitted(rules.match(client(ssl=True, cert=ALICE)))
     assert (admission.method, admission.identity) == ("cert", "CN=alice,O=Test")
+
+
+def test_cert_authenticates_the_dn_at_its_line(tmp_path: Path) -> None:
+    """cert: the DN is authenticated by the matching line (file and number), typed."""
+    rules = load(
+        tmp_path, "hostssl all all all trust clientcert=verify-full\nhostssl all all all cert\n"
+    )
+    plain = admitted(rules.match(client(ssl=True, cert=ALICE, database="other")))
+    assert plain.authenticated is None  # verify-full with trust: set_authn_id is not called
+    rules = load(tmp_path, "host all bob all trust\nhostssl all all all cert\n")
+    assert admitted(rules.match(client(ssl=True, cert=ALICE))).authenticated == Authenticated(
+        identity="CN=alice,O=Test",
+        method="cert",
+        file=str(tmp_path / "pg_hba.conf"),
+        line_number=2,
+    )
+    assert admitted(rules.match(client(ssl=True, cert=BOB, user="bob"))).authenticated is None
+
+
+def test_cert_authenticates_before_the_map_refuses(tmp_path: Path) -> None:
+    """cert: a CN that does not map is refused, but its DN was authenticated first (logged)."""
+    rules = load(tmp_path, "hostssl all all all cert\n")
+    refusal = refused(rules.match(client(ssl=True, cert=BOB)))
+    assert refusal.authenticated == Authenticated(
+        "CN=bob,O=Test", "cert", str(tmp_path / "pg_hba.conf"), 1
+    )
+    # No name to map: refused before anything is authenticated.
+    nameless = refused(rules.match(client(ssl=True, cert=ClientCert(None, "O=Test"))))
+    assert nameless.authenticated is None
+    # verify-full with another method authenticates nothing, even on a mismatch.
+    rules = load(tmp_path, "hostssl all all all trust clientcert=verify-full\n")
+    assert refused(rules.match(client(ssl=True, cert=BOB))).authenticated is None
+    # A refusal that is not the method's (no entry, reject) authenticates no one.
+    assert refused(rules.match(client(ssl=False))).authenticated is None
 
 
 def test_cert_refuses_another_cn(tmp_path: Path) -> None:

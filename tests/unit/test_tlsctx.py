@@ -596,7 +596,7 @@ def test_missing_certificate(datadir: Path) -> None:
     path = datadir / "server.crt"
     path.unlink()
     assert config_error(settings_for(datadir)) == (
-        f'could not load server certificate file "{path}": No such file or directory'
+        f'could not load server certificate file "{path.name}": No such file or directory'
     )
 
 
@@ -605,7 +605,7 @@ def test_garbage_certificate(datadir: Path) -> None:
     path = datadir / "server.crt"
     path.write_text("hello\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load server certificate file "{path}": no start line'
+        f'could not load server certificate file "{path.name}": no start line'
     )
 
 
@@ -614,7 +614,7 @@ def test_missing_key(datadir: Path) -> None:
     path = datadir / "server.key"
     path.unlink()
     assert config_error(settings_for(datadir)) == (
-        f'could not access private key file "{path}": No such file or directory'
+        f'could not access private key file "{path.name}": No such file or directory'
     )
 
 
@@ -632,7 +632,7 @@ def test_garbage_key(datadir: Path) -> None:
     path = datadir / "server.key"
     path.write_text("hello\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load private key file "{path}": no PEM private key found'
+        f'could not load private key file "{path.name}": no PEM private key found'
     )
 
 
@@ -641,7 +641,7 @@ def test_corrupt_key(datadir: Path) -> None:
     path = datadir / "server.key"
     path.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load private key file "{path}": unsupported'
+        f'could not load private key file "{path.name}": unsupported'
     )
 
 
@@ -654,7 +654,7 @@ def test_mismatched_key(datadir: Path, pki: PKI, key_type: str) -> None:
     certs.write_key(str(path), other.key)
     assert config_error(settings_for(datadir)) == (
         "check of private key failed: key values mismatch: "
-        f'private key file "{datadir}/server.key" is not the key of the server certificate'
+        'private key file "server.key" is not the key of the server certificate'
     )
 
 
@@ -672,7 +672,7 @@ def test_garbage_ca_file(datadir: Path) -> None:
     path = datadir / "root.crt"
     path.write_text("hello\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load root certificate file "{path}": no certificate or crl found'
+        f'could not load root certificate file "{path.name}": no certificate or crl found'
     )
 
 
@@ -690,7 +690,8 @@ def test_garbage_crl_file(datadir: Path) -> None:
     path = datadir / "root.crl"
     path.write_text("hello\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load SSL certificate revocation list file "{path}": no certificate or crl found'
+        f'could not load SSL certificate revocation list file "{path.name}": '
+        "no certificate or crl found"
     )
 
 
@@ -724,7 +725,7 @@ def test_world_readable_key_is_refused(datadir: Path) -> None:
     path = datadir / "server.key"
     path.chmod(0o644)
     assert config_error(settings_for(datadir)) == (
-        f'private key file "{path}" has group or world access: {KEY_MODE_DETAIL}'
+        f'private key file "{path.name}" has group or world access: {KEY_MODE_DETAIL}'
     )
 
 
@@ -746,7 +747,7 @@ def test_key_owned_by_someone_else_is_refused(datadir: Path) -> None:
     path = datadir / "server.key"
     os.chown(path, OTHER_UID, -1)
     assert config_error(settings_for(datadir)) == (
-        f'private key file "{path}" must be owned by the database user or root'
+        f'private key file "{path.name}" must be owned by the database user or root'
     )
 
 
@@ -806,7 +807,7 @@ def test_wrong_passphrase_from_command(datadir: Path, pki: PKI) -> None:
     count = datadir / "runs"
     command = f"echo run >> {count}; echo wrong"
     assert config_error(settings_for(datadir, ssl_passphrase_command=command)) == (
-        f'could not load private key file "{path}": bad decrypt'
+        f'could not load private key file "{path.name}": bad decrypt'
     )
     assert count.read_text() == "run\n"
 
@@ -861,7 +862,7 @@ def test_callback_gives_up_after_max_attempts(datadir: Path, pki: PKI) -> None:
     prompts, ask = recording("a", "b", "c", "secret")
     path = datadir / "server.key"
     assert config_error(settings_for(datadir), ask_passphrase=ask, max_attempts=3) == (
-        f'could not load private key file "{path}": bad decrypt'
+        f'could not load private key file "{path.name}": bad decrypt'
     )
     assert len(prompts) == 3
 
@@ -871,8 +872,33 @@ def test_encrypted_key_without_a_way_to_ask(datadir: Path, pki: PKI) -> None:
     write_encrypted_key(datadir / "server.key", pki, b"secret", "pkcs8")
     path = datadir / "server.key"
     assert config_error(settings_for(datadir)) == (
-        f'private key file "{path}" requires a passphrase: run pgtls in the foreground '
-        "on a terminal to type it, or set ssl_passphrase_command"
+        f'could not load private key file "{path.name}": it requires a pass phrase: run pgtls '
+        "in the foreground on a terminal to type it, or set ssl_passphrase_command"
+    )
+
+
+def test_encrypted_key_and_no_terminal_names_the_key(datadir: Path, pki: PKI) -> None:
+    """
+    The terminal cannot be asked: the line names the key file as ssl_key_file
+    gives it, as PostgreSQL's ``could not load private key file "server.key"``.
+    """
+    write_encrypted_key(datadir / "server.key", pki, b"secret", "pkcs8")
+
+    def no_terminal(prompt: str) -> str:
+        raise TLSConfigError("no terminal to ask for its pass phrase (No such device)", "hint")
+
+    assert config_error(settings_for(datadir), ask_passphrase=no_terminal) == (
+        'could not load private key file "server.key": no terminal to ask for its pass phrase '
+        "(No such device): hint"
+    )
+    key = datadir / "keys" / "db.key"
+    key.parent.mkdir()
+    (datadir / "server.key").rename(key)
+    settings = settings_for(
+        datadir, ssl_key_file=str(key), raw_values=(("ssl_key_file", "keys/db.key"),)
+    )
+    assert config_error(settings, ask_passphrase=no_terminal).startswith(
+        'could not load private key file "keys/db.key": no terminal'
     )
 
 
@@ -899,7 +925,7 @@ def test_terminal_passphrase_without_a_terminal() -> None:
         timeout=30,
         check=True,
     )
-    assert done.stdout.startswith(b"ERROR cannot ask for the private key pass phrase: no terminal")
+    assert done.stdout.startswith(b"ERROR no terminal to ask for its pass phrase (")
 
 
 def _read_pty(fd: int, until: bytes | None, deadline: float) -> bytes:

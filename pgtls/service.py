@@ -53,8 +53,8 @@ A passphrase-protected server.key is asked for on the terminal before twistd
 daemonizes, unless ssl_passphrase_command is set.
 
 Started by systemd socket activation (LISTEN_FDS, LISTEN_PID and
-LISTEN_FDNAMES), pgtls serves the TCP sockets it was passed and ignores
-listen_addresses and port. SIGTERM is a smart shutdown (new sessions are
+LISTEN_FDNAMES if set), pgtls serves the TCP sockets it was passed, named or
+not, and ignores listen_addresses and port. SIGTERM is a smart shutdown (new sessions are
 refused, open ones may end within pgtls.smart_shutdown_timeout), SIGINT a
 fast one (each session gets FATAL 57P01). With NOTIFY_SOCKET set (systemd's
 Type=notify) pgtls reports READY, RELOADING, STOPPING and a STATUS line.

@@ -535,10 +535,11 @@ def test_make_service_without_metrics(tmp_path: Path, pki: Pki) -> None:
 
 
 def test_make_service_bad_metrics_listen(tmp_path: Path, pki: Pki) -> None:
-    """A bad pgtls.metrics_listen stops the start with one pgtls line."""
+    """A bad pgtls.metrics_listen stops the start with one pgtls line at its file and line."""
     with pytest.raises(SystemExit) as raised:
         make_service(tmp_path, pki, ["pgtls.metrics_listen = 'tcp:http'"])
     assert raised.value.code == (
-        'pgtls: invalid value for parameter "pgtls.metrics_listen": "tcp:http" '
-        "(invalid literal for int() with base 10: 'http')"
+        f"pgtls: {tmp_path}/postgresql.conf:2: invalid value for parameter "
+        '"pgtls.metrics_listen": "tcp:http": not a server endpoint string '
+        "(write one such as tcp:9187:interface=127.0.0.1)"
     )

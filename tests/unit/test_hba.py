@@ -22,6 +22,7 @@ from pgtls.hba import (
     Client,
     ClientCert,
     HbaError,
+    HbaErrors,
     Refusal,
     Rules,
     load_rules,
@@ -315,9 +316,52 @@ def test_include_loop_stops_at_the_nesting_limit(tmp_path: Path) -> None:
 
 
 def test_first_error_is_raised(tmp_path: Path) -> None:
-    """With several bad lines, the first one in file order is reported."""
+    """With several bad lines, the first one in file order is the error's line."""
     error = load_error(tmp_path, "host all all all trust\nfoo\nhost all all all bar\n")
     assert (error.line, error.reason) == (2, 'invalid connection type "foo"')
+
+
+def test_every_bad_line_is_reported(tmp_path: Path) -> None:
+    """
+    As PostgreSQL's load_hba logs each bad line and goes on: every error of
+    both files, one ``FILE:LINE: reason`` line each, lines that do not
+    tokenize (a missing include) first, pg_hba.conf before pg_ident.conf.
+    """
+    error = load_error(
+        tmp_path,
+        "host all all 1.2.3.4/99 trust\nhost all all all trust\ninclude nosuch.conf\n"
+        "hostx all all all trust\n",
+        "m alice bob\nm alice\nm /( bob\n",
+    )
+    assert isinstance(error, HbaErrors)
+    hba_file, ident_file = tmp_path / "pg_hba.conf", tmp_path / "pg_ident.conf"
+    assert [(e.path, e.line) for e in error.errors] == [
+        (str(hba_file), 3),
+        (str(hba_file), 1),
+        (str(hba_file), 4),
+        (str(ident_file), 2),
+        (str(ident_file), 3),
+    ]
+    lines = str(error).split("\n")
+    assert lines[:3] == [
+        f'{hba_file}:3: could not open file "{tmp_path / "nosuch.conf"}": '
+        "No such file or directory",
+        f'{hba_file}:1: invalid CIDR mask in address "1.2.3.4/99"',
+        f'{hba_file}:4: invalid connection type "hostx"',
+    ]
+    assert lines[3] == f"{ident_file}:2: missing entry at end of line"
+    assert lines[4].startswith(f"{ident_file}:3: ")
+    assert (len(error.hba_errors), len(error.ident_errors)) == (3, 2)
+    assert (error.path, error.line) == (str(hba_file), 3)
+
+
+def test_bad_lines_only_in_pg_ident(tmp_path: Path) -> None:
+    """A good pg_hba.conf and a bad pg_ident.conf: the errors name pg_ident.conf only."""
+    error = load_error(tmp_path, "host all all all trust\n", "m alice\nm /( bob\n")
+    assert isinstance(error, HbaErrors)
+    assert error.hba_errors == ()
+    assert {e.path for e in error.ident_errors} == {str(tmp_path / "pg_ident.conf")}
+    assert [e.line for e in error.errors] == [1, 2]
 
 
 HBA_ERRORS = [

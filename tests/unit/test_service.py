@@ -301,6 +301,24 @@ def test_make_service_broken_pg_hba_conf(tmp_path: Path, server_cert: certs.Issu
     assert message.startswith(f"pgtls: {datadir / 'pg_hba.conf'}:1: ")
 
 
+def test_make_service_names_every_bad_pg_hba_line(
+    tmp_path: Path, server_cert: certs.Issued
+) -> None:
+    """Several bad pg_hba.conf lines: one `pgtls: FILE:LINE: reason` line for each."""
+    datadir = write_datadir(
+        tmp_path / "data",
+        server_cert,
+        hba=["host all all nonsense/99 trust", "host all all 0.0.0.0/0 trust", "hostx all all"],
+    )
+    with pytest.raises(SystemExit) as raised:
+        makeService(parse(["-D", str(datadir)]))
+    hba_file = datadir / "pg_hba.conf"
+    assert raised.value.code == (
+        f'pgtls: {hba_file}:1: specifying both host name and CIDR mask is invalid: "nonsense/99"\n'
+        f'pgtls: {hba_file}:3: invalid connection type "hostx"'
+    )
+
+
 def test_make_service_missing_data_directory(tmp_path: Path) -> None:
     """A -D that does not exist: SystemExit that says so."""
     missing = tmp_path / "nowhere"
@@ -551,6 +569,39 @@ def test_reload_with_a_broken_pg_hba_conf_keeps_the_rules(datadir: Path) -> None
     assert any(line.startswith(f"{datadir / 'pg_hba.conf'}:2: ") for line in lines), lines
     assert reloading.factory.rules is rules
     assert reloading.answer_to(ALICE) == b""
+
+
+def test_reload_names_every_bad_line_and_keeps_the_rules(datadir: Path) -> None:
+    """
+    Several bad lines in both files: each is logged, then PostgreSQL's
+    `pg_hba.conf was not reloaded` and `pg_ident.conf was not reloaded`;
+    the rules in force stay.
+    """
+    reloading = Reloading(datadir)
+    rules = reloading.factory.rules
+    reloading.write("pg_hba.conf", ["host all all 1.2.3.4/99 trust", "hostx", "local all all"])
+    reloading.write("pg_ident.conf", ["m alice", "m /( bob"])
+    lines = reloading.reload()
+    hba_file, ident_file = datadir / "pg_hba.conf", datadir / "pg_ident.conf"
+    reported = [line for line in lines if line.startswith((str(hba_file), str(ident_file)))]
+    assert [line.split(": ", 1)[0] for line in reported] == [
+        f"{hba_file}:1",
+        f"{hba_file}:2",
+        f"{hba_file}:3",
+        f"{ident_file}:1",
+        f"{ident_file}:2",
+    ]
+    assert lines[-2:] == ["pg_hba.conf was not reloaded", "pg_ident.conf was not reloaded"]
+    assert reloading.factory.rules is rules
+
+
+def test_reload_with_only_pg_ident_broken_names_pg_ident(datadir: Path) -> None:
+    """Only pg_ident.conf is bad: only `pg_ident.conf was not reloaded`."""
+    reloading = Reloading(datadir)
+    reloading.write("pg_ident.conf", ["m alice"])
+    lines = reloading.reload()
+    assert lines[-1] == "pg_ident.conf was not reloaded"
+    assert "pg_hba.conf was not reloaded" not in lines
 
 
 def test_reload_with_a_broken_postgresql_conf_changes_no_setting(datadir: Path) -> None:

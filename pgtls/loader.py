@@ -27,7 +27,10 @@ _ENDPOINT_EXAMPLE = "tcp:9187:interface=127.0.0.1"
 
 
 class StartupError(Exception):
-    """pgtls cannot start; ``str()`` is one line naming the file."""
+    """
+    pgtls cannot start; ``str()`` is one line naming the file, or one such
+    line per bad line when pg_hba.conf or pg_ident.conf has several.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +43,7 @@ class ServerConfig:
 
 
 def load_hba(settings: conf.Settings, tls: tlsctx.ServerTLS | None) -> hba.Rules:
-    """pg_hba.conf and pg_ident.conf of the data directory; raises HbaError."""
+    """pg_hba.conf and pg_ident.conf of the data directory; raises HbaError (HbaErrors)."""
     return hba.load_rules(
         os.path.join(settings.data_directory, "pg_hba.conf"),
         os.path.join(settings.data_directory, "pg_ident.conf"),

@@ -82,7 +82,9 @@ def inherited_descriptions(
     env = _environment_at_start() if environ is None else environ
     if env.get("LISTEN_PID") != str(os.getpid()):
         return []  # none, or meant for another process
-    text = env.get("LISTEN_FDS", "")
+    text = env.get("LISTEN_FDS")
+    if text is None:
+        return []
     try:
         count = int(text)
     except ValueError:

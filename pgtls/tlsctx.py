@@ -245,10 +245,22 @@ def load_server_tls(
     key = _load_private_key(settings, ask_passphrase, max_attempts, command_timeout)
     _use_private_key(context, file_setting(settings, "ssl_key_file"), key, leaf)
     del key
-    _set_protocol_versions(context, settings)
+    # These fail on a setting's value: the line names where it was set.
+    try:
+        _set_protocol_versions(context, settings)
+    except TLSConfigError as error:
+        raise _located(
+            settings, error, "ssl_min_protocol_version", "ssl_max_protocol_version"
+        ) from None
     _set_session_policy(context, settings)
-    _set_ecdh_curve(context, settings.ssl_ecdh_curve)
-    _set_cipher_list(context, settings.ssl_ciphers)
+    try:
+        _set_ecdh_curve(context, settings.ssl_ecdh_curve)
+    except TLSConfigError as error:
+        raise _located(settings, error, "ssl_ecdh_curve") from None
+    try:
+        _set_cipher_list(context, settings.ssl_ciphers)
+    except TLSConfigError as error:
+        raise _located(settings, error, "ssl_ciphers") from None
     context.set_alpn_select_callback(_select_alpn)
     verify_clients = _load_client_ca(context, settings)
     if verify_clients:
@@ -449,9 +461,13 @@ def _load_private_key(
     if not _PEM_ENCRYPTED.search(data):
         return _parse_key(shown, data, b"")
     if settings.ssl_passphrase_command:
-        passphrase = run_passphrase_command(
-            settings.ssl_passphrase_command, timeout=command_timeout
-        )
+        try:
+            passphrase = run_passphrase_command(
+                settings.ssl_passphrase_command, timeout=command_timeout
+            )
+        except TLSConfigError as error:
+            # PostgreSQL's line names the command only; this one the key too.
+            raise _key_error(shown, error.message, error.detail) from None
         try:
             return _parse_key(shown, data, passphrase)
         finally:
@@ -509,6 +525,19 @@ def _parse_key(path: str, data: bytes, passphrase: bytes) -> _PrivateKey:
 
 def _key_error(shown: str, reason: str, detail: str | None = None) -> TLSConfigError:
     return TLSConfigError(f'could not load private key file "{shown}": {reason}', detail)
+
+
+def _located(settings: Settings, error: TLSConfigError, *names: str) -> TLSConfigError:
+    """
+    ``error`` prefixed with where the first of ``names`` that was set was set
+    (``FILE:LINE: `` or ``command line: ``), as configuration errors are; a
+    default value has no place to name.
+    """
+    for setting, path, line in settings.sources:
+        if setting in names:
+            where = f"{path}:{line}" if line is not None else path
+            return TLSConfigError(f"{where}: {error.message}", error.detail)
+    return error
 
 
 def file_setting(settings: Settings, name: str) -> str:

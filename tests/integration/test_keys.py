@@ -514,9 +514,14 @@ def test_passphrase_command_decrypts_the_key(pgtls, pki: Pki, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("command", "message"),
     [
-        ("exit 3", 'command "exit 3" failed: child process exited with exit code 3'),
+        (
+            "exit 3",
+            'could not load private key file "server.key": '
+            'command "exit 3" failed: child process exited with exit code 3',
+        ),
         (
             "kill -9 $$",
+            'could not load private key file "server.key": '
             'command "kill -9 $$" failed: child process was terminated by signal 9: Killed',
         ),
         ("echo wrong", 'could not load private key file "server.key": bad decrypt'),

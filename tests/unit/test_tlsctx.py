@@ -35,7 +35,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from pgtls import certs
-from pgtls.conf import Settings
+from pgtls.conf import Settings, load_settings
 from pgtls.hba import ClientCert
 from pgtls.tlsctx import (
     ALPN_PROTOCOL,
@@ -398,6 +398,30 @@ def test_unknown_curve_is_refused(datadir: Path) -> None:
     with pytest.raises(TLSConfigError) as caught:
         load_server_tls(settings_for(datadir, ssl_ecdh_curve="nosuchcurve"))
     assert str(caught.value) == "ECDH: unrecognized curve name: nosuchcurve"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("ssl_ecdh_curve = 'nosuchcurve'", "ECDH: unrecognized curve name: nosuchcurve"),
+        (
+            "ssl_ciphers = 'NOPE'",
+            "could not set the cipher list (no valid ciphers available)",
+        ),
+        (
+            "ssl_min_protocol_version = 'TLSv1.3'\nssl_max_protocol_version = 'TLSv1.2'",
+            "could not set SSL protocol version range: "
+            '"ssl_min_protocol_version" cannot be higher than "ssl_max_protocol_version"',
+        ),
+    ],
+)
+def test_bad_tls_setting_names_its_line(datadir: Path, line: str, message: str) -> None:
+    """A TLS setting OpenSSL refuses: PostgreSQL's words after the file and line that set it."""
+    conf_file = datadir / "postgresql.conf"
+    conf_file.write_text(f"ssl = on\n{line}\n")
+    with pytest.raises(TLSConfigError) as caught:
+        load_server_tls(load_settings(str(datadir)))
+    assert str(caught.value) == f"{conf_file}:2: {message}"
 
 
 def test_no_valid_cipher_is_refused(datadir: Path) -> None:
@@ -793,10 +817,13 @@ def test_passphrase_command_first_line_without_crlf(datadir: Path, pki: PKI) -> 
     ],
 )
 def test_failing_passphrase_command(datadir: Path, pki: PKI, command: str, detail: str) -> None:
-    """A failing command is PostgreSQL's "command failed" with the wait status."""
+    """
+    A failing command is PostgreSQL's "command failed" with the wait status,
+    after the key file's name.
+    """
     write_encrypted_key(datadir / "server.key", pki, b"secret", "pkcs8")
     assert config_error(settings_for(datadir, ssl_passphrase_command=command)) == (
-        f'command "{command}" failed: {detail}'
+        f'could not load private key file "server.key": command "{command}" failed: {detail}'
     )
 
 
@@ -819,7 +846,10 @@ def test_passphrase_command_timeout(datadir: Path, pki: PKI) -> None:
     text = config_error(
         settings_for(datadir, ssl_passphrase_command="sleep 5"), command_timeout=0.2
     )
-    assert text == 'command "sleep 5" failed: no pass phrase within 0.2 seconds'
+    assert text == (
+        'could not load private key file "server.key": '
+        'command "sleep 5" failed: no pass phrase within 0.2 seconds'
+    )
     assert time.monotonic() - started < 4
 
 

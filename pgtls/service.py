@@ -52,12 +52,13 @@ start; SIGHUP re-reads pg_hba.conf, pg_ident.conf and the reloadable settings.
 A passphrase-protected server.key is asked for on the terminal before twistd
 daemonizes, unless ssl_passphrase_command is set.
 
-Started by systemd socket activation (LISTEN_FDS, LISTEN_PID and
-LISTEN_FDNAMES if set), pgtls serves the TCP sockets it was passed, named or
-not, and ignores listen_addresses and port. SIGTERM is a smart shutdown (new sessions are
-refused, open ones may end within pgtls.smart_shutdown_timeout), SIGINT a
-fast one (each session gets FATAL 57P01). With NOTIFY_SOCKET set (systemd's
-Type=notify) pgtls reports READY, RELOADING, STOPPING and a STATUS line.
+Started by systemd socket activation (LISTEN_FDS, LISTEN_PID, and
+LISTEN_FDNAMES if set), pgtls serves the TCP sockets it was passed, named
+or not, and ignores listen_addresses and port. SIGTERM is a smart shutdown
+(new sessions are refused, open ones may end within
+pgtls.smart_shutdown_timeout), SIGINT a fast one (each session gets FATAL
+57P01). With NOTIFY_SOCKET set (systemd's Type=notify) pgtls reports READY,
+RELOADING, STOPPING and a STATUS line.
 
 Examples:
   twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls

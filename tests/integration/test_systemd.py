@@ -139,11 +139,13 @@ def test_service_unit_essentials() -> None:
 # --- socket activation ----------------------------------------------------------
 
 
-def test_socket_activation(pgtls, pki, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fdname", [["--fdname=pgtls"], []], ids=["named", "unnamed"])
+def test_socket_activation(pgtls, pki, tmp_path: Path, fdname: list[str]) -> None:
     """
     Under systemd-socket-activate pgtls serves the socket it was passed
     (started by the first client, which libpq then completes), not the port
-    in postgresql.conf, and says so.
+    in postgresql.conf, and says so; with or without --fdname (an unnamed
+    socket, which Twisted's systemd endpoint drops, is adopted by number).
     """
     activate = need("systemd-socket-activate")
     port, configured_port = free_port(), free_port()
@@ -154,7 +156,7 @@ def test_socket_activation(pgtls, pki, tmp_path: Path) -> None:
             activate,
             "--listen",
             f"127.0.0.1:{port}",
-            "--fdname=pgtls",
+            *fdname,
             TWISTD,
             "--nodaemon",
             "--pidfile=",

@@ -6,15 +6,16 @@ privileged start, or the sockets systemd passed (socket activation).
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -22,7 +23,21 @@ from pgtls.frontdoor import FrontDoorFactory
 from pgtls.loader import StartupError
 from pgtls.relayreactor import dispatch_directly
 
-__all__ = ["ListenService", "inherited_descriptions", "listen_descriptions"]
+__all__ = [
+    "LISTEN_BACKLOG",
+    "METRICS_FDNAME",
+    "ListenService",
+    "bind_shared",
+    "inherited_descriptions",
+    "inherited_metrics",
+    "listen_descriptions",
+    "tcp_address",
+]
+
+#: Twisted's listen backlog, used for the ports pgtls binds itself too.
+LISTEN_BACKLOG = 50
+#: The name of the metrics socket among inherited ones (a hand-over passes it).
+METRICS_FDNAME = "pgtls-metrics"
 
 
 def listen_descriptions(listen_addresses: str, port: int) -> list[list[str]]:
@@ -67,6 +82,8 @@ def inherited_descriptions(reactor: Any, environ: Mapping[str, str] | None = Non
     names = env.get("LISTEN_FDNAMES", "")
     descriptions = []
     for index, name in enumerate(names.split(":") if names else []):
+        if name == METRICS_FDNAME:
+            continue
         try:
             endpoint = serverFromString(reactor, f"systemd:domain=INET:index={index}")
         except IndexError:
@@ -74,6 +91,28 @@ def inherited_descriptions(reactor: Any, environ: Mapping[str, str] | None = Non
         domain = _tcp_domain(endpoint.fileno, f'socket {index} ("{name}") passed by systemd')
         descriptions.append(f"systemd:domain={domain}:index={index}")
     return descriptions
+
+
+def inherited_metrics(reactor: Any, environ: Mapping[str, str] | None = None) -> str | None:
+    """
+    The endpoint description of the metrics socket passed by a hand-over
+    (named L{METRICS_FDNAME}), or None when none was.
+    """
+    env = os.environ if environ is None else environ
+    names = env.get("LISTEN_FDNAMES", "")
+    if METRICS_FDNAME not in (names.split(":") if names else []):
+        return None
+    try:
+        endpoint = serverFromString(reactor, f"systemd:domain=INET:name={METRICS_FDNAME}")
+    except (IndexError, KeyError):
+        return None  # Passed to another process (LISTEN_PID not ours).
+    sock = socket.socket(fileno=endpoint.fileno)
+    try:
+        family = sock.family
+    finally:
+        sock.detach()
+    domain = {socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}.get(family, "INET")
+    return f"systemd:domain={domain}:name={METRICS_FDNAME}"
 
 
 def _tcp_domain(fileno: int, what: str) -> str:
@@ -103,6 +142,49 @@ def _tcp_domain(fileno: int, what: str) -> str:
 def _tcp(port: int, address: str) -> str:
     kind = "tcp6" if ":" in address else "tcp"
     return f"{kind}:{port}:interface={quoteStringArgument(address)}"
+
+
+_TCP = re.compile(r"(tcp6?):(\d+):interface=(.*)", re.DOTALL)
+
+
+def tcp_address(description: str) -> tuple[socket.AddressFamily, str, int]:
+    """
+    The family, address and port of a description made by L{listen_descriptions}.
+
+    @raise ValueError: not such a description.
+    """
+    match = _TCP.fullmatch(description)
+    if match is None:
+        raise ValueError(f"not a TCP listen description: {description!r}")
+    kind, port, quoted = match.groups()
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    # quoteStringArgument escapes backslashes and colons with a backslash.
+    return family, re.sub(r"\\(.)", r"\1", quoted), int(port)
+
+
+def bind_shared(description: str, backlog: int = LISTEN_BACKLOG) -> socket.socket:
+    """
+    A listening socket for ``description`` with SO_REUSEPORT set, so that
+    other processes (of the same user) may bind the same address and port
+    and the kernel spreads new connections over them.  Twisted's endpoints
+    cannot set the option; the socket is handed to the reactor with
+    ``adoptStreamPort``.
+
+    @raise OSError: the socket could not be made, bound or listen.
+    """
+    family, address, port = tcp_address(description)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As Twisted's TCP ports do, so that a restart need not wait out TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _resolve(name: str, port: int) -> list[str]:
@@ -156,7 +238,7 @@ class ListenService(Service):
     def _listen_first(self, group: list[str]) -> None:
         for description in group:
             outcome: list[Any] = []
-            serverFromString(self.reactor, description).listen(self.factory).addBoth(outcome.append)
+            self._listen(description).addBoth(outcome.append)
             if outcome and not isinstance(outcome[0], Failure):
                 port: IListeningPort = outcome[0]
                 self.ports.append(port)
@@ -175,7 +257,49 @@ class ListenService(Service):
                 "could not bind {description}: {reason}", description=description, reason=reason
             )
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def _listen(self, description: str) -> defer.Deferred[IListeningPort]:
+        """Listen on ``description``; with pgtls.so_reuseport, on a socket bound shared."""
+        if not self.factory.settings.so_reuseport or description.startswith("systemd:"):
+            listening: defer.Deferred[IListeningPort] = serverFromString(
+                self.reactor, description
+            ).listen(self.factory)
+            return listening
+        try:
+            sock = bind_shared(description)
+        except OSError as error:
+            return defer.fail(error)
+        with sock:
+            # The reactor takes a duplicate of the descriptor.
+            port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+        return defer.succeed(port)
+
+    def share(self) -> list[int]:
+        """
+        The listening sockets' descriptors, in order, for a process that
+        inherits them (a hand-over).  From now on closing a port only
+        closes our descriptor: Twisted shuts down (for every process) a
+        socket it bound itself when its port closes, and only closes one it
+        adopted; our ports become the latter kind.
+        """
+        for port in self.ports:
+            port._shouldShutdown = False  # type: ignore[attr-defined]
+        return [cast(IReadDescriptor, port).fileno() for port in self.ports]
+
+    def pause(self) -> None:
+        """Stop accepting, keeping the sockets (another process accepts on them)."""
+        for port in self.ports:
+            cast(IReadDescriptor, port).stopReading()  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        """Accept again after L{pause}."""
+        for port in self.ports:
+            cast(IReadDescriptor, port).startReading()  # type: ignore[attr-defined]
+
+    def stop_listening(self) -> defer.Deferred[Any]:
+        """Close the ports now: new connections go to the other processes on them."""
         ports, self.ports = self.ports, []
         return gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.stop_listening()

@@ -1,0 +1,125 @@
+"""
+SIGUSR2 (issue 19): a restart that refuses no connection.  The certificate
+is rotated under a loop of connecting clients while a long session stays
+open; a broken new certificate leaves the old process serving.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from pgtlsproc import Pki, free_port, make_datadir
+from scaleout import (
+    TIMEOUT,
+    AppendLogServer,
+    ConnectLoop,
+    alive,
+    connect,
+    served_certificate,
+    started_pid,
+    stop_pid,
+    wait_gone,
+)
+
+from pgtls import certs
+
+
+@pytest.fixture
+def server(tmp_path: Path, pki: Pki, postgres) -> Iterator[AppendLogServer]:
+    """A pgtls logging by appending, and whatever process a SIGUSR2 started, stopped after."""
+    port = free_port()
+    datadir = make_datadir(tmp_path / "pgtls", pki, postgres.conninfo(), port=port)
+    running = AppendLogServer(datadir, port)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        for line in running.log_text().splitlines():
+            if "received SIGUSR2: started process" in line:
+                stop_pid(started_pid(line))
+
+
+def replace_files(datadir: Path, issued: certs.Issued) -> None:
+    """Replace server.crt and server.key, each by a rename, as certificate tools do."""
+    certs.write_pem(str(datadir / "server.crt.new"), issued.cert)
+    certs.write_key(str(datadir / "server.key.new"), issued.key)
+    os.replace(datadir / "server.key.new", datadir / "server.key")
+    os.replace(datadir / "server.crt.new", datadir / "server.crt")
+
+
+def send_usr2(server: AppendLogServer) -> None:
+    assert server.process is not None
+    server.process.send_signal(signal.SIGUSR2)
+
+
+def test_rotation_under_load(server: AppendLogServer, pki: Pki) -> None:
+    """
+    Replace server.crt and server.key, send SIGUSR2 while clients connect in
+    a loop and a session stays open: no connection fails, the open session
+    goes on and ends normally, the old process exits after it, and new
+    sessions are served by the new process with the new certificate.
+    """
+    old_der = served_certificate(server.port, pki.ca_file)
+    renewed = certs.issue_server_cert(pki.ca, ["localhost", "127.0.0.1", "::1"])
+
+    def once() -> None:
+        with connect(server.port, pki) as conn:
+            conn.execute("select 1")
+
+    with connect(server.port, pki) as long, ConnectLoop(once) as loop:
+        long.execute("begin")
+        long.execute("select 1")
+        loop.wait_successes(5)
+        replace_files(server.datadir, renewed)
+        send_usr2(server)
+        log = server.wait_for_log("is ready: handing over to it", TIMEOUT)
+        new_pid = started_pid(log)
+        loop.wait_successes(10)
+        assert served_certificate(server.port, pki.ca_file) == renewed.cert.public_bytes(
+            Encoding.DER
+        )
+        assert old_der != renewed.cert.public_bytes(Encoding.DER)
+        # The old process still relays the open session.
+        assert server.process is not None and server.process.poll() is None
+        assert long.execute("select 2").fetchone() == (2,)
+        long.execute("commit")
+    loop.stop()
+    assert loop.failures == []
+    assert server.process.wait(TIMEOUT) == 0
+    assert alive(new_pid)
+    # After the old process is gone, the new one serves alone.
+    once()
+    log = server.log_text()
+    assert "Traceback" not in log
+
+
+def test_broken_certificate_keeps_old(server: AppendLogServer, pki: Pki) -> None:
+    """
+    A new server.crt that does not load: the new process fails, the old one
+    logs its one-line error and goes on serving the old certificate.
+    """
+    old_der = served_certificate(server.port, pki.ca_file)
+    (server.datadir / "server.crt").write_text("not a certificate\n")
+    send_usr2(server)
+    log = server.wait_for_log("failed to start", TIMEOUT)
+    line = next(line for line in log.splitlines() if "failed to start" in line)
+    assert 'could not load server certificate file "' in line, line
+    assert "this process goes on serving" in line
+    wait_gone(started_pid(log))
+    assert served_certificate(server.port, pki.ca_file) == old_der
+    with connect(server.port, pki) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    # A second SIGUSR2 is taken again (the failed hand-over is over).
+    send_usr2(server)
+    deadline = time.monotonic() + TIMEOUT
+    while server.log_text().count("failed to start") < 2:
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    assert server.process is not None and server.process.poll() is None

@@ -230,6 +230,8 @@ class HandoverService(Service):
         self.timeout = timeout
         self.argv = list(argv) if argv is not None else child_argv(sys.executable, sys.orig_argv)
         self.process: Any = None
+        #: The new process's PID (Twisted forgets it once the process is reaped).
+        self.pid: int | None = None
         self.protocol: _NewProcess | None = None
         self._timer: IDelayedCall | None = None
         self._previous: Any = None
@@ -257,14 +259,14 @@ class HandoverService(Service):
 
     def hand_over(self) -> None:
         """Start the new process, unless a hand-over or a shutdown is under way."""
+        if self.shutdown.mode is not None:
+            self.log.warn("received SIGUSR2 during a shutdown: ignored")
+            return
         if self.protocol is not None:
             self.log.warn(
                 "received SIGUSR2 while the hand-over to process {pid} is under way: ignored",
-                pid=self.process.pid,
+                pid=self.pid,
             )
-            return
-        if self.shutdown.mode is not None:
-            self.log.warn("received SIGUSR2 during a shutdown: ignored")
             return
         sockets = [(fd, "pgtls") for fd in self.listen.share()]
         if self.metrics is not None and self.metrics.port is not None:
@@ -292,10 +294,11 @@ class HandoverService(Service):
                 reason=error.strerror or str(error),
             )
             return
+        self.pid = self.process.pid
         self.log.info(
             "received SIGUSR2: started process {pid} on the {count} listening socket(s); "
             "waiting until it is ready",
-            pid=self.process.pid,
+            pid=self.pid,
             count=len(sockets),
         )
         self._timer = self.reactor.callLater(self.timeout, self._too_slow)
@@ -306,7 +309,7 @@ class HandoverService(Service):
             return
         self.log.warn(
             "process {pid} was not ready within {timeout:g}s: stopping it",
-            pid=self.process.pid,
+            pid=self.pid,
             timeout=self.timeout,
         )
         # It may have ended meanwhile: processEnded follows either way.
@@ -319,7 +322,7 @@ class HandoverService(Service):
         self.log.info(
             "process {pid} is ready: handing over to it; this process no longer "
             "accepts connections and ends when its sessions have ended",
-            pid=self.process.pid,
+            pid=self.pid,
         )
         self.shutdown.hand_over()
 
@@ -329,7 +332,7 @@ class HandoverService(Service):
         we serve on; after, we take the sockets back if we are still here.
         """
         self._cancel_timer()
-        pid = self.process.pid if self.process is not None else None
+        pid = self.pid
         self.protocol = None
         self.process = None
         if not protocol.ready:

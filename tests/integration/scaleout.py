@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from pgtlsproc import REPO, TWISTD, PgtlsServer, Pki
+from pgtlsproc import REPO, TWISTD, PgtlsServer
 
 from pgtls import wire
 
@@ -66,15 +66,15 @@ class AppendLogServer(PgtlsServer):
         raise RuntimeError(f"pgtls did not listen within {timeout}s:\n{self.log_text()}")
 
 
-def connect(port: int, pki: Pki) -> psycopg.Connection[tuple[object, ...]]:
-    """A psycopg session through pgtls on 127.0.0.1, TLS with full verification."""
+def connect(port: int, ca_file: Path) -> psycopg.Connection[tuple[object, ...]]:
+    """A psycopg session through pgtls on 127.0.0.1, TLS verified against ``ca_file``."""
     return psycopg.connect(
         host="127.0.0.1",
         port=port,
         user="postgres",
         dbname="postgres",
         sslmode="verify-full",
-        sslrootcert=str(pki.ca_file),
+        sslrootcert=str(ca_file),
         connect_timeout=int(TIMEOUT),
     )
 

@@ -70,10 +70,10 @@ def test_rotation_under_load(server: AppendLogServer, pki: Pki) -> None:
     renewed = certs.issue_server_cert(pki.ca, ["localhost", "127.0.0.1", "::1"])
 
     def once() -> None:
-        with connect(server.port, pki) as conn:
+        with connect(server.port, pki.ca_file) as conn:
             conn.execute("select 1")
 
-    with connect(server.port, pki) as long, ConnectLoop(once) as loop:
+    with connect(server.port, pki.ca_file) as long, ConnectLoop(once) as loop:
         long.execute("begin")
         long.execute("select 1")
         loop.wait_successes(5)
@@ -114,7 +114,7 @@ def test_broken_certificate_keeps_old(server: AppendLogServer, pki: Pki) -> None
     assert "this process goes on serving" in line
     wait_gone(started_pid(log))
     assert served_certificate(server.port, pki.ca_file) == old_der
-    with connect(server.port, pki) as conn:
+    with connect(server.port, pki.ca_file) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
     # A second SIGUSR2 is taken again (the failed hand-over is over).
     send_usr2(server)

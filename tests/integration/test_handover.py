@@ -6,15 +6,20 @@ open; a broken new certificate leaves the old process serving.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from pgtlsproc import Pki, free_port, make_datadir
+from pgtlsproc import REPO, TWISTD, Pki, free_port, make_datadir
 from scaleout import (
     TIMEOUT,
     AppendLogServer,
@@ -123,3 +128,88 @@ def test_broken_certificate_keeps_old(server: AppendLogServer, pki: Pki) -> None
         assert time.monotonic() < deadline, server.log_text()
         time.sleep(0.05)
     assert server.process is not None and server.process.poll() is None
+
+
+def test_hand_over_of_activated_sockets_under_notify(
+    tmp_path: Path, pki: Pki, postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    As under the shipped unit: a socket passed by socket activation and the
+    metrics socket are handed over too; the new process tells systemd
+    MAINPID= with READY=1, and the old one says nothing more (no STOPPING=1,
+    which would stop the service).
+    """
+    activate = shutil.which("systemd-socket-activate")
+    assert activate is not None, "systemd-socket-activate: install Debian's systemd package"
+    port, metrics_port = free_port(), free_port()
+    datadir = make_datadir(
+        tmp_path / "pgtls",
+        pki,
+        postgres.conninfo(),
+        port=free_port(),
+        settings=[f"pgtls.metrics_listen = 'tcp:{metrics_port}:interface=127.0.0.1'"],
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(TIMEOUT)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    logfile = datadir / "pgtls.log"
+    with open(logfile, "ab") as out:
+        process = subprocess.Popen(
+            [
+                *(activate, "--listen", f"127.0.0.1:{port}", "--fdname=pgtls"),
+                *("-E", "NOTIFY_SOCKET", TWISTD),
+                *("--nodaemon", "--pidfile=", "--logfile=-", "pgtls", "-D", str(datadir)),
+            ],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    new_pid = None
+
+    def next_message() -> dict[str, str]:
+        data = notify.recv(4096).decode()
+        return dict(line.split("=", 1) for line in data.split("\n"))
+
+    try:
+        # The first client starts pgtls (activation on demand), once the socket is there.
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "systemd-socket-activate did not listen"
+                time.sleep(0.05)
+        with connect(port, pki.ca_file) as conn:
+            conn.execute("select 1")
+        assert next_message()["READY"] == "1"
+        process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + TIMEOUT
+        while "MAINPID" not in (message := next_message()):
+            assert time.monotonic() < deadline
+        new_pid = started_pid(logfile.read_text())
+        assert (message["MAINPID"], message["READY"]) == (str(new_pid), "1")
+        assert process.wait(TIMEOUT) == 0
+        log = logfile.read_text()
+        assert "on the 2 listening socket(s)" in log
+        with connect(port, pki.ca_file) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            assert b"pgtls_sessions" in r.read()
+        # The old process has exited: whatever it sent is queued by now.
+        notify.setblocking(False)
+        later = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                later.append(next_message())
+        assert not [message for message in later if "STOPPING" in message], later
+        assert {message.get("MAINPID", str(new_pid)) for message in later} <= {str(new_pid)}
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        if new_pid is not None:
+            stop_pid(new_pid)
+        notify.close()

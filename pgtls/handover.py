@@ -329,7 +329,8 @@ class HandoverService(Service):
     def new_process_ended(self, protocol: _NewProcess, status: int | None) -> None:
         """
         The new process ended: before it was ready, the hand-over failed and
-        we serve on; after, we take the sockets back if we are still here.
+        we serve on; after, unless it exited normally (it was asked to), we
+        take the sockets back if we are still here.
         """
         self._cancel_timer()
         pid = self.pid
@@ -348,7 +349,8 @@ class HandoverService(Service):
             pid=pid,
             status=_status_text(status),
         )
-        if self.shutdown.handed_over and self.shutdown.mode is not None:
+        # Exit status 0 is a shutdown someone asked for: we end too.
+        if status != 0 and self.shutdown.handed_over and self.shutdown.mode is not None:
             self.shutdown.take_back()
             self.log.info("accepting connections again")
 

@@ -285,6 +285,17 @@ class ListenService(Service):
             port._shouldShutdown = False  # type: ignore[attr-defined]
         return [cast(IReadDescriptor, port).fileno() for port in self.ports]
 
+    def shared_port(self) -> bool:
+        """Whether our sockets are bound with SO_REUSEPORT: other processes may share the port."""
+        for port in self.ports:
+            sock = socket.socket(fileno=cast(IReadDescriptor, port).fileno())
+            try:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+                    return True
+            finally:
+                sock.detach()
+        return False
+
     def pause(self) -> None:
         """Stop accepting, keeping the sockets (another process accepts on them)."""
         for port in self.ports:

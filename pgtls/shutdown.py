@@ -42,9 +42,9 @@ class ShutdownService(Service):
     shutdown makes it fast.  The ports stay open until the end, so that
     clients are told rather than refused; then the reactor stops.
 
-    Two smart shutdowns leave the port to other processes instead: with
-    pgtls.so_reuseport the ports are closed (the kernel sends new clients to
-    the other processes on the port), and after a hand-over (SIGUSR2,
+    Two smart shutdowns leave the port to other processes instead: on ports
+    bound with SO_REUSEPORT (pgtls.so_reuseport) the ports are closed (the
+    kernel sends new clients to the other processes on the port), and after a hand-over (SIGUSR2,
     L{pgtls.handover}) they stop accepting (the new process accepts on the
     same sockets).  Neither refuses a connection it has already accepted.
     """
@@ -139,7 +139,7 @@ class ShutdownService(Service):
 
     def _leaves_port(self) -> bool:
         """Whether a smart shutdown leaves the port to other processes (see the class)."""
-        return self.listen is not None and (self.handed_over or self.factory.settings.so_reuseport)
+        return self.listen is not None and (self.handed_over or self.listen.shared_port())
 
     def _idle(self) -> None:
         # take_back() may have cancelled the shutdown this waited for.
@@ -153,8 +153,8 @@ class ShutdownService(Service):
         elif self.listen is not None and self._leaves_port():
             self.listen.stop_listening()
             self.log.info(
-                "pgtls.so_reuseport is on: no longer listening; new connections "
-                "go to the other processes on the port"
+                "the port is shared (pgtls.so_reuseport): no longer listening; new "
+                "connections go to the other processes on the port"
             )
         count = len(self.factory.connections)
         if not count:

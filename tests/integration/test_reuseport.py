@@ -165,7 +165,7 @@ def test_sigterm_to_one_fails_no_connection(shared_datadir: Path, pki: Pki) -> N
     assert result["first_status"] == 0
     assert result["second_running"]
     assert (
-        "pgtls.so_reuseport is on: no longer listening; new connections go to the other "
-        "processes on the port"
+        "the port is shared (pgtls.so_reuseport): no longer listening; new connections go "
+        "to the other processes on the port"
     ) in result["first_log"]
     assert "57P03" not in result["first_log"]

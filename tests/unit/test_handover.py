@@ -7,7 +7,6 @@ process.  The real processes are in tests/integration/test_handover.py.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import socket
@@ -36,7 +35,7 @@ from pgtls.handover import (
     child_environment,
     last_line,
 )
-from pgtls.listening import bind_shared, listen_descriptions, tcp_address
+from pgtls.listening import ListenService, bind_shared, listen_descriptions, tcp_address
 from pgtls.sdnotify import Notifier
 
 
@@ -182,6 +181,29 @@ def test_bind_shared_lets_two_sockets_share_a_port() -> None:
         second.close()
 
 
+class _Listening:
+    """What shared_port() reads of a port: its descriptor."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.fileno = sock.fileno
+
+
+def test_shared_port_reads_the_socket_option() -> None:
+    """shared_port() is what the sockets say: SO_REUSEPORT set or not."""
+    shared = bind_shared("tcp:0:interface=127.0.0.1")
+    plain = socket.socket()
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    try:
+        for sock, expected in ((shared, True), (plain, False)):
+            service = ListenService.__new__(ListenService)
+            service.ports = [_Listening(sock)]  # type: ignore[list-item]
+            assert service.shared_port() is expected
+    finally:
+        shared.close()
+        plain.close()
+
+
 def _twisted_port(shared: bool) -> tuple[tcp.Port, int]:
     """A port Twisted bound itself (as tcp: endpoints do), and a duplicate of its socket."""
     port = tcp.Port(
@@ -190,8 +212,6 @@ def _twisted_port(shared: bool) -> tuple[tcp.Port, int]:
     port.startListening()
     duplicate = os.dup(port.fileno())
     if shared:
-        from pgtls.listening import ListenService
-
         service = ListenService.__new__(ListenService)
         service.ports = [port]
         assert service.share() == [port.fileno()]
@@ -217,8 +237,12 @@ def test_share_keeps_the_socket_listening_for_the_other_process(shared: bool) ->
 class FakeListen:
     """The ListenService's part in a hand-over."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
         self.calls: list[str] = []
+        self.shared = shared
+
+    def shared_port(self) -> bool:
+        return self.shared
 
     def share(self) -> list[int]:
         self.calls.append("share")
@@ -429,26 +453,37 @@ def test_new_process_ending_after_ready_gives_the_sockets_back(
     assert handing.server.shutdown.mode is None
 
 
+def test_new_process_stopped_after_ready_does_not_bring_us_back(datadir: Path) -> None:
+    """A new process that exits 0 after taking over was stopped on purpose: we go on ending."""
+    handing = HandingOver(datadir)
+    session, _client, _upstream = handing.server.session()
+    handing.service.hand_over()
+    handing.ready()
+    handing.ended(0)
+    assert handing.listen.calls == ["share", "pause"]
+    lose(session)
+    assert handing.server.reactor.stops == 1
+
+
 # -- so_reuseport's smart shutdown ------------------------------------------------------
 
 
 def test_smart_shutdown_with_so_reuseport_stops_listening(datadir: Path) -> None:
     """
-    SIGTERM with pgtls.so_reuseport: the ports close (new clients go to the
-    other processes), a connection already accepted is served, not refused.
+    SIGTERM on ports bound with SO_REUSEPORT: they close (new clients go to
+    the other processes), a connection already accepted is served, not refused.
     """
     server = Server(datadir)
-    listen = FakeListen()
+    listen = FakeListen(shared=True)
     server.shutdown.listen = listen  # type: ignore[assignment]
-    server.factory.settings = dataclasses.replace(server.factory.settings, so_reuseport=True)
     server.start()
     late, late_client = server.connect()
     with capturedLogs() as events:
         server.shutdown.request("smart")
     assert texts(events)[:2] == [
         "received smart shutdown request",
-        "pgtls.so_reuseport is on: no longer listening; new connections go to the other "
-        "processes on the port",
+        "the port is shared (pgtls.so_reuseport): no longer listening; new connections go "
+        "to the other processes on the port",
     ]
     assert listen.calls == ["stop_listening"]
     late.dataReceived(ALICE)
@@ -458,7 +493,7 @@ def test_smart_shutdown_with_so_reuseport_stops_listening(datadir: Path) -> None
 
 
 def test_smart_shutdown_without_so_reuseport_keeps_refusing(datadir: Path) -> None:
-    """Without so_reuseport the ports stay open and new clients get 57P03, as before."""
+    """On ports not shared the ports stay open and new clients get 57P03, as before."""
     server = Server(datadir)
     listen = FakeListen()
     server.shutdown.listen = listen  # type: ignore[assignment]

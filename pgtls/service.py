@@ -63,8 +63,11 @@ Started by systemd socket activation (LISTEN_FDS, LISTEN_PID and
 LISTEN_FDNAMES), pgtls serves the TCP sockets it was passed and ignores
 listen_addresses and port. SIGTERM is a smart shutdown (new sessions are
 refused, open ones may end within pgtls.smart_shutdown_timeout), SIGINT a
-fast one (each session gets FATAL 57P01). With NOTIFY_SOCKET set (systemd's
-Type=notify) pgtls reports READY, RELOADING, STOPPING and a STATUS line.
+fast one (each session gets FATAL 57P01). SIGUSR2 starts a new pgtls on the
+same listening sockets, which reads every file anew (a renewed certificate);
+once it is ready this one stops accepting and ends as in a smart shutdown,
+refusing no connection. With NOTIFY_SOCKET set (systemd's Type=notify) pgtls
+reports READY, RELOADING, STOPPING and a STATUS line.
 
 Examples:
   twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls

@@ -199,8 +199,9 @@ def _resolve(name: str, port: int) -> list[str]:
 
 class ListenService(Service):
     """
-    Binds every listen address at privileged start, as PostgreSQL does, or
-    serves the sockets systemd passed.
+    Binds every listen address at privileged start, as PostgreSQL does (with
+    SO_REUSEPORT when pgtls.so_reuseport is on), or serves the sockets
+    systemd, or the process before us (SIGUSR2, pgtls.handover), passed.
     """
 
     log = Logger()

@@ -42,11 +42,12 @@ class ShutdownService(Service):
     shutdown makes it fast.  The ports stay open until the end, so that
     clients are told rather than refused; then the reactor stops.
 
-    Two smart shutdowns leave the port to other processes instead: on ports
-    bound with SO_REUSEPORT (pgtls.so_reuseport) the ports are closed (the
-    kernel sends new clients to the other processes on the port), and after a hand-over (SIGUSR2,
-    L{pgtls.handover}) they stop accepting (the new process accepts on the
-    same sockets).  Neither refuses a connection it has already accepted.
+    Two smart shutdowns leave the port to other processes instead: on
+    sockets bound with SO_REUSEPORT (pgtls.so_reuseport) the ports are
+    closed (the kernel sends new clients to the other processes on the
+    port), and after a hand-over (SIGUSR2, L{pgtls.handover}) they stop
+    accepting (the new process accepts on the same sockets).  Neither
+    refuses a connection it has already accepted.
     """
 
     log = Logger()

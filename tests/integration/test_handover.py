@@ -130,6 +130,30 @@ def test_broken_certificate_keeps_old(server: AppendLogServer, pki: Pki) -> None
     assert server.process is not None and server.process.poll() is None
 
 
+def test_new_process_cannot_prompt_for_a_passphrase(server: AppendLogServer, pki: Pki) -> None:
+    """
+    A new key with a passphrase and no ssl_passphrase_command: the new
+    process fails clearly (it has no terminal) and the old one serves on;
+    once postgresql.conf names a command, which the new process reads anew,
+    the next SIGUSR2 hands over.
+    """
+    certs.write_key(str(server.datadir / "server.key.new"), pki.server.key, passphrase=b"secret")
+    os.replace(server.datadir / "server.key.new", server.datadir / "server.key")
+    send_usr2(server)
+    log = server.wait_for_log("failed to start", TIMEOUT)
+    line = next(line for line in log.splitlines() if "failed to start" in line)
+    assert "a process started by SIGUSR2 has no terminal: set ssl_passphrase_command" in line
+    with connect(server.port, pki.ca_file) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    conf = server.datadir / "postgresql.conf"
+    conf.write_text(conf.read_text() + "ssl_passphrase_command = 'echo secret'\n")
+    send_usr2(server)
+    server.wait_for_log("is ready: handing over to it", TIMEOUT)
+    assert server.process is not None and server.process.wait(TIMEOUT) == 0
+    with connect(server.port, pki.ca_file) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
 def test_hand_over_of_activated_sockets_under_notify(
     tmp_path: Path, pki: Pki, postgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,7 +2,7 @@
 Tests for SIGUSR2's hand-over (pgtls.handover) and for the smart shutdowns
 that leave the port to other processes (pgtls.so_reuseport, a hand-over):
 the pure parts, and the services on a memory reactor with a fake new
-process.  The real processes are in tests/integration/test_handover.py.
+process.  The real processes are in tests/integration/test_sigusr2.py.
 """
 
 from __future__ import annotations

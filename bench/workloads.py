@@ -244,7 +244,8 @@ class CpuClock:
     @property
     def idle_fraction(self) -> float:
         """The share of the machine's CPU time nothing ran (0 when no time passed)."""
-        return 1.0 - self.busy / self.elapsed if self.elapsed > 0 else 0.0
+        # Clamped: busy equal to elapsed can leave a rounding error below 0.
+        return max(0.0, 1.0 - self.busy / self.elapsed) if self.elapsed > 0 else 0.0
 
 
 def cpu_clock(frontend_root: int) -> CpuClock:

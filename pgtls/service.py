@@ -71,7 +71,7 @@ reports READY, RELOADING, STOPPING and a STATUS line.
 
 Examples:
   twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls
-  twistd -n pgtls -D ./demo -p 6432 -c log_connections=on
+  twistd --nodaemon --pidfile= pgtls -D ./demo -p 6432 -c log_connections=on
 """
 
 
@@ -79,7 +79,9 @@ class Options(usage.Options):
     """Command line of ``twistd pgtls``."""
 
     synopsis = "[-D DIR] [-p PORT] [-h ADDRESSES] [-c NAME=VALUE ...]"
-    longdesc = _LONGDESC
+    # Empty, so that usage.Options does not wrap _LONGDESC into one paragraph
+    # (it runs the examples together); getUsage adds it as written.
+    longdesc = ""
 
     optParameters = [
         [
@@ -111,6 +113,11 @@ class Options(usage.Options):
         self["overrides"][name.strip()] = value
 
     opt_set = opt_c
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The options as Twisted lists them, then the description as written."""
+        usage_text: str = super().getUsage(width)
+        return f"{usage_text}\n{_LONGDESC}"
 
     def postOptions(self) -> None:
         if self["pgdata"] is None:

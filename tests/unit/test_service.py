@@ -85,6 +85,24 @@ def test_data_directory_option(datadir: Path) -> None:
     assert options["overrides"] == {}
 
 
+def test_help_keeps_paragraphs_and_examples_on_their_own_lines() -> None:
+    """
+    ``twistd pgtls --help`` (the Options' str) lists the options, then the
+    description as written: its paragraphs apart and each example on a line
+    of its own, each a foreground start that leaves no twistd.pid.
+    """
+    text = str(Options())
+    lines = text.splitlines()
+    assert "  -D, --pgdata=" in text
+    examples = lines[lines.index("Examples:") + 1 :]
+    assert examples == [
+        "  twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls",
+        "  twistd --nodaemon --pidfile= pgtls -D ./demo -p 6432 -c log_connections=on",
+    ]
+    assert "\n\nThe data directory holds postgresql.conf" in text
+    assert max(map(len, lines)) <= 80
+
+
 def test_relative_data_directory_is_made_absolute(
     datadir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -325,6 +325,9 @@ class HandoverService(Service):
             pid=self.pid,
         )
         self.shutdown.hand_over()
+        # The metrics socket is shared too: scrapes go to the new process's
+        # counters only, not now to one process and now to the other.
+        self._metrics_accepting(False)
 
     def new_process_ended(self, protocol: _NewProcess, status: int | None) -> None:
         """
@@ -352,7 +355,16 @@ class HandoverService(Service):
         # Exit status 0 is a shutdown someone asked for: we end too.
         if status != 0 and self.shutdown.handed_over and self.shutdown.mode is not None:
             self.shutdown.take_back()
+            self._metrics_accepting(True)
             self.log.info("accepting connections again")
+
+    def _metrics_accepting(self, accepting: bool) -> None:
+        port = self.metrics.port if self.metrics is not None else None
+        if port is not None:
+            if accepting:
+                port.startReading()  # type: ignore[attr-defined]
+            else:
+                port.stopReading()  # type: ignore[attr-defined]
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -268,6 +268,28 @@ class FakeProcess:
         self.signals.append(name)
 
 
+class FakeMetricsPort:
+    """A metrics port that records whether it accepts."""
+
+    def __init__(self) -> None:
+        self.reading = True
+        self._shouldShutdown = True
+
+    def fileno(self) -> int:
+        return 0
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.port = FakeMetricsPort()
+
+
 class HandingOver:
     """A Server whose ShutdownService has a fake listener, and a HandoverService on it."""
 
@@ -277,11 +299,13 @@ class HandingOver:
         self.server.shutdown.listen = self.listen  # type: ignore[assignment]
         self.spawned: list[dict[str, Any]] = []
         self.process = FakeProcess()
+        self.metrics = FakeMetrics()
         self.server.reactor.spawnProcess = self._spawn  # type: ignore[method-assign]
         self.service = HandoverService(
             self.server.reactor,
             self.listen,  # type: ignore[arg-type]
             self.server.shutdown,
+            self.metrics,  # type: ignore[arg-type]
             timeout=60.0,
             argv=["/bin/sh", "-c", "new pgtls"],
         )
@@ -297,7 +321,8 @@ class HandingOver:
         return self.spawned[-1]["protocol"]
 
     def ready(self) -> None:
-        self.protocol.childDataReceived(4, READY)
+        ready_fd = int(self.spawned[-1]["env"][CHANNEL_VARIABLE].split(":")[0])
+        self.protocol.childDataReceived(ready_fd, READY)
 
     def ended(self, code: int | None = 0, stderr: bytes = b"") -> None:
         if stderr:
@@ -311,9 +336,10 @@ class HandingOver:
 
 def test_sigusr2_starts_the_new_process_on_our_sockets(datadir: Path) -> None:
     """
-    The new process gets the listening sockets from descriptor 3 on, its
-    stderr and a ready pipe read by us, our stderr after them, and the
-    environment that names all of them; we wait for it with a timeout.
+    The new process gets the listening sockets from descriptor 3 on, then
+    the metrics socket, its stderr and a ready pipe read by us, our stderr
+    after them, and the environment that names all of them; we wait for it
+    with a timeout.  Our sockets are no longer shut down when we close them.
     """
     handing = HandingOver(datadir)
     with capturedLogs() as events:
@@ -321,16 +347,15 @@ def test_sigusr2_starts_the_new_process_on_our_sockets(datadir: Path) -> None:
     (spawned,) = handing.spawned
     assert spawned["args"] == ["/bin/sh", "-c", "new pgtls"]
     fds = spawned["childFDs"]
-    assert {fd: fds[fd] for fd in (1, 2, 3, 4, 5)} == {1: 1, 2: "r", 3: 0, 4: "r", 5: 2}
+    expected = {1: 1, 2: "r", 3: 0, 4: 0, 5: "r", 6: 2}
+    assert {fd: fds[fd] for fd in expected} == expected
     env = spawned["env"]
-    assert (env["LISTEN_FDS"], env["LISTEN_FDNAMES"], env[CHANNEL_VARIABLE]) == (
-        "1",
-        "pgtls",
-        "4:5",
-    )
+    passed = (env["LISTEN_FDS"], env["LISTEN_FDNAMES"], env[CHANNEL_VARIABLE])
+    assert passed == ("2", "pgtls:pgtls-metrics", "5:6")
+    assert handing.metrics.port._shouldShutdown is False
     assert "LISTEN_PID" not in env
     assert texts(events) == [
-        "received SIGUSR2: started process 4242 on the 1 listening socket(s); "
+        "received SIGUSR2: started process 4242 on the 2 listening socket(s); "
         "waiting until it is ready"
     ]
     assert [call.getTime() for call in handing.server.reactor.getDelayedCalls()] == [60.0]
@@ -358,6 +383,7 @@ def test_ready_hands_over_without_refusing(datadir: Path, received: Received) ->
         "no longer accepting connections: the new process accepts them",
     ]
     assert handing.listen.calls == ["share", "pause"]
+    assert not handing.metrics.port.reading  # scrapes go to the new process
     assert handing.server.shutdown.handed_over
     assert not handing.server.factory.shutting_down
     late.dataReceived(ALICE)
@@ -446,6 +472,7 @@ def test_new_process_ending_after_ready_gives_the_sockets_back(
         "accepting connections again",
     ]
     assert handing.listen.calls == ["share", "pause", "resume"]
+    assert handing.metrics.port.reading
     (message,) = received.messages()
     assert (message["MAINPID"], message["READY"]) == (str(os.getpid()), "1")
     lose(session)

@@ -204,6 +204,64 @@ def test_shared_port_reads_the_socket_option() -> None:
         plain.close()
 
 
+def test_listen_service_binds_shared_with_so_reuseport(tmp_path: Path) -> None:
+    """
+    With pgtls.so_reuseport each address is bound here, with SO_REUSEPORT,
+    and adopted by the reactor (Twisted's endpoints cannot set the option).
+    """
+    from pgtls.conf import Settings
+    from pgtls.frontdoor import FrontDoorFactory
+
+    reactor = MemoryReactor()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(
+        data_directory=str(tmp_path), listen_addresses="127.0.0.1", port=port, so_reuseport=True
+    )
+    factory = FrontDoorFactory(settings, None, None, reactor)  # type: ignore[arg-type]
+    service = ListenService(reactor, factory)
+    with capturedLogs() as events:
+        service.privilegedStartService()
+    assert [(family, f) for _fd, family, f in reactor.adoptedPorts] == [(socket.AF_INET, factory)]
+    assert reactor.tcpServers == []
+    assert len(service.ports) == 1
+    assert "listening on IPv4 address" in texts(events)[0]
+
+
+@pytest.fixture
+def passed(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make sockets look passed (as test_service's passed_sockets fixture does)."""
+    from twisted.internet.endpoints import _SystemdParser
+    from twisted.python.systemd import ListenFDs
+
+    def pass_sockets(*socks: socket.socket, names: list[str]) -> None:
+        fds = [sock.fileno() for sock in socks]
+        monkeypatch.setattr(_SystemdParser, "_sddaemon", ListenFDs(fds, names))
+        monkeypatch.setenv("LISTEN_FDNAMES", ":".join(names))
+
+    return pass_sockets
+
+
+def test_handed_over_metrics_socket_is_apart(passed: Any) -> None:
+    """
+    A hand-over passes the metrics socket as pgtls-metrics: it is not a
+    PostgreSQL port, and the metrics service adopts it by its name.
+    """
+    from pgtls.listening import inherited_descriptions, inherited_metrics
+
+    with socket.socket() as pg, socket.socket(socket.AF_INET6) as metrics:
+        pg.bind(("127.0.0.1", 0))
+        pg.listen()
+        metrics.bind(("::1", 0))
+        metrics.listen()
+        passed(pg, metrics, names=["pgtls", "pgtls-metrics"])
+        assert inherited_descriptions(MemoryReactor()) == ["systemd:domain=INET:index=0"]
+        assert inherited_metrics(MemoryReactor()) == "systemd:domain=INET6:name=pgtls-metrics"
+        passed(pg, names=["pgtls"])
+        assert inherited_metrics(MemoryReactor()) is None
+
+
 def _twisted_port(shared: bool) -> tuple[tcp.Port, int]:
     """A port Twisted bound itself (as tcp: endpoints do), and a duplicate of its socket."""
     port = tcp.Port(

@@ -4,8 +4,10 @@ connection, for a renewed certificate or a changed setting.
 
 pgtls starts a new pgtls process (same interpreter, same command line),
 which inherits the listening sockets by systemd's socket-activation
-protocol (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES; pgtls.listening), reads
-every file anew, and reports ready on a pipe.  Only then does this process
+protocol (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES; pgtls.listening) and the
+metrics socket by a descriptor of its own (PGTLS_HANDOVER, with the ready
+pipe: it is not a PostgreSQL port), reads every file anew, and reports
+ready on the pipe.  Only then does this process
 stop accepting and end as in a smart shutdown (pgtls.shutdown), its open
 sessions going on until they end; both processes accept on the same
 sockets meanwhile, so no connection is refused.  If the new process fails
@@ -26,19 +28,21 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pgtls.listening import METRICS_FDNAME
+from pgtls.loader import StartupError
 from pgtls.tlsctx import TLSConfigError
 
 if TYPE_CHECKING:
@@ -61,7 +65,8 @@ __all__ = [
 
 #: How long a new process may take to report ready before it is stopped.
 HANDOVER_TIMEOUT = 60.0
-#: The variable that tells a new process where to report (``READY_FD:STDERR_FD``).
+#: The variable that tells a new process where to report, and where the
+#: metrics socket is (``READY_FD:STDERR_FD`` or ``READY_FD:STDERR_FD:METRICS_FD``).
 CHANNEL_VARIABLE = "PGTLS_HANDOVER"
 #: What a new process writes on its ready pipe once it accepts connections.
 READY = b"READY=1\n"
@@ -84,11 +89,17 @@ def child_argv(executable: str, orig_argv: Sequence[str]) -> list[str]:
 
 
 def child_environment(
-    environ: Mapping[str, str], names: Sequence[str], ready_fd: int, stderr_fd: int
+    environ: Mapping[str, str],
+    names: Sequence[str],
+    ready_fd: int,
+    stderr_fd: int,
+    metrics_fd: int | None = None,
 ) -> dict[str, str]:
     """
-    The new process's environment: this one's, with the sockets it inherits
-    (descriptors 3 on, named ``names``) and where it reports.
+    The new process's environment: this one's, with the listening sockets
+    it inherits (descriptors 3 on, named ``names``), where it reports, and
+    the metrics socket, which is not one of the PostgreSQL ports that
+    LISTEN_FDS counts.
 
     @raise ValueError: a name holds a colon, which LISTEN_FDNAMES cannot carry.
     """
@@ -101,7 +112,8 @@ def child_environment(
     }
     env["LISTEN_FDS"] = str(len(names))
     env["LISTEN_FDNAMES"] = ":".join(names)
-    env[CHANNEL_VARIABLE] = f"{ready_fd}:{stderr_fd}"
+    channel = [ready_fd, stderr_fd] if metrics_fd is None else [ready_fd, stderr_fd, metrics_fd]
+    env[CHANNEL_VARIABLE] = ":".join(map(str, channel))
     return env
 
 
@@ -128,10 +140,15 @@ def no_terminal_passphrase(prompt: str) -> str:
 
 @dataclass(frozen=True)
 class Channel:
-    """Where a process started by SIGUSR2 reports: its ready pipe, and its real stderr."""
+    """
+    What a process started by SIGUSR2 was given besides its listening
+    sockets: its ready pipe, its real stderr, and the metrics socket if the
+    old process served metrics.
+    """
 
     ready_fd: int
     stderr_fd: int
+    metrics_fd: int | None = None
 
     @classmethod
     def from_environment(cls, environ: MutableMapping[str, str] | None = None) -> Channel | None:
@@ -143,10 +160,26 @@ class Channel:
         value = env.pop(CHANNEL_VARIABLE, None)
         if value is None:
             return None
-        ready, sep, stderr = value.partition(":")
-        if not (sep and ready.isdigit() and stderr.isdigit()):
+        fields = value.split(":")
+        if len(fields) not in (2, 3) or not all(field.isdigit() for field in fields):
             return None
-        return cls(int(ready), int(stderr))
+        numbers = [int(field) for field in fields]
+        return cls(numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else None)
+
+    def metrics_endpoint(self, reactor: Any) -> AdoptedStreamServerEndpoint:
+        """
+        An endpoint that adopts the metrics socket, whatever its family.
+
+        @raise StartupError: it is not a socket.
+        """
+        assert self.metrics_fd is not None
+        try:
+            sock = socket.socket(fileno=self.metrics_fd)
+        except OSError as error:
+            raise StartupError(f"the metrics socket passed by SIGUSR2: {error.strerror}") from None
+        family = sock.family
+        sock.detach()
+        return AdoptedStreamServerEndpoint(reactor, self.metrics_fd, family)
 
     def report_ready(self) -> None:
         """
@@ -268,19 +301,23 @@ class HandoverService(Service):
                 pid=self.pid,
             )
             return
-        sockets = [(fd, "pgtls") for fd in self.listen.share()]
-        if self.metrics is not None and self.metrics.port is not None:
-            # Closing it must not shut it down for the new process (see share()).
-            self.metrics.port._shouldShutdown = False  # type: ignore[attr-defined]
-            sockets.append((self.metrics.port.fileno(), METRICS_FDNAME))  # type: ignore[attr-defined]
+        sockets = self.listen.share()
         first = 3
         ready_fd, stderr_fd = first + len(sockets), first + len(sockets) + 1
         child_fds: dict[int, int | str] = {1: 1, 2: "r", ready_fd: "r", stderr_fd: 2}
         if _is_open(0):
             child_fds[0] = 0
-        for offset, (fd, _) in enumerate(sockets):
+        for offset, fd in enumerate(sockets):
             child_fds[first + offset] = fd
-        env = child_environment(os.environ, [name for _, name in sockets], ready_fd, stderr_fd)
+        metrics_fd = None
+        if self.metrics is not None and self.metrics.port is not None:
+            # Closing it must not shut it down for the new process (see share()).
+            self.metrics.port._shouldShutdown = False  # type: ignore[attr-defined]
+            metrics_fd = stderr_fd + 1
+            child_fds[metrics_fd] = self.metrics.port.fileno()  # type: ignore[attr-defined]
+        env = child_environment(
+            os.environ, ["pgtls"] * len(sockets), ready_fd, stderr_fd, metrics_fd
+        )
         self.protocol = _NewProcess(self, ready_fd)
         try:
             self.process = self.reactor.spawnProcess(
@@ -296,10 +333,11 @@ class HandoverService(Service):
             return
         self.pid = self.process.pid
         self.log.info(
-            "received SIGUSR2: started process {pid} on the {count} listening socket(s); "
+            "received SIGUSR2: started process {pid} on the {count} listening socket(s){metrics}; "
             "waiting until it is ready",
             pid=self.pid,
             count=len(sockets),
+            metrics="" if metrics_fd is None else " and the metrics socket",
         )
         self._timer = self.reactor.callLater(self.timeout, self._too_slow)
 

@@ -25,19 +25,15 @@ from pgtls.relayreactor import dispatch_directly
 
 __all__ = [
     "LISTEN_BACKLOG",
-    "METRICS_FDNAME",
     "ListenService",
     "bind_shared",
     "inherited_descriptions",
-    "inherited_metrics",
     "listen_descriptions",
     "tcp_address",
 ]
 
 #: Twisted's listen backlog, used for the ports pgtls binds itself too.
 LISTEN_BACKLOG = 50
-#: The name of the metrics socket among inherited ones (a hand-over passes it).
-METRICS_FDNAME = "pgtls-metrics"
 
 
 def listen_descriptions(listen_addresses: str, port: int) -> list[list[str]]:
@@ -82,8 +78,6 @@ def inherited_descriptions(reactor: Any, environ: Mapping[str, str] | None = Non
     names = env.get("LISTEN_FDNAMES", "")
     descriptions = []
     for index, name in enumerate(names.split(":") if names else []):
-        if name == METRICS_FDNAME:
-            continue
         try:
             endpoint = serverFromString(reactor, f"systemd:domain=INET:index={index}")
         except IndexError:
@@ -91,28 +85,6 @@ def inherited_descriptions(reactor: Any, environ: Mapping[str, str] | None = Non
         domain = _tcp_domain(endpoint.fileno, f'socket {index} ("{name}") passed by systemd')
         descriptions.append(f"systemd:domain={domain}:index={index}")
     return descriptions
-
-
-def inherited_metrics(reactor: Any, environ: Mapping[str, str] | None = None) -> str | None:
-    """
-    The endpoint description of the metrics socket passed by a hand-over
-    (named L{METRICS_FDNAME}), or None when none was.
-    """
-    env = os.environ if environ is None else environ
-    names = env.get("LISTEN_FDNAMES", "")
-    if METRICS_FDNAME not in (names.split(":") if names else []):
-        return None
-    try:
-        endpoint = serverFromString(reactor, f"systemd:domain=INET:name={METRICS_FDNAME}")
-    except (IndexError, KeyError):
-        return None  # Passed to another process (LISTEN_PID not ours).
-    sock = socket.socket(fileno=endpoint.fileno)
-    try:
-        family = sock.family
-    finally:
-        sock.detach()
-    domain = {socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}.get(family, "INET")
-    return f"systemd:domain={domain}:name={METRICS_FDNAME}"
 
 
 def _tcp_domain(fileno: int, what: str) -> str:
@@ -258,12 +230,19 @@ class ListenService(Service):
                 "could not bind {description}: {reason}", description=description, reason=reason
             )
 
-    def _listen(self, description: str) -> defer.Deferred[IListeningPort]:
-        """Listen on ``description``; with pgtls.so_reuseport, on a socket bound shared."""
-        if not self.factory.settings.so_reuseport or description.startswith("systemd:"):
-            listening: defer.Deferred[IListeningPort] = serverFromString(
-                self.reactor, description
-            ).listen(self.factory)
+    def _listen(self, description: Any) -> defer.Deferred[IListeningPort]:
+        """
+        Listen on ``description`` (an endpoint description, or an endpoint);
+        with pgtls.so_reuseport, an address of ours on a socket bound shared.
+        """
+        if not isinstance(description, str):
+            endpoint: Any = description
+        elif not self.factory.settings.so_reuseport or description.startswith("systemd:"):
+            endpoint = serverFromString(self.reactor, description)
+        else:
+            endpoint = None
+        if endpoint is not None:
+            listening: defer.Deferred[IListeningPort] = endpoint.listen(self.factory)
             return listening
         try:
             sock = bind_shared(description)

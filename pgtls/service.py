@@ -18,7 +18,6 @@ import signal
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
@@ -29,7 +28,6 @@ from pgtls.handover import Channel, HandoverService, ReadyService, no_terminal_p
 from pgtls.listening import (
     ListenService,
     inherited_descriptions,
-    inherited_metrics,
     listen_descriptions,
 )
 from pgtls.loader import StartupError, load_hba, load_server_config
@@ -339,9 +337,13 @@ def makeService(options: Options) -> MultiService:
             # Resolve listen_addresses now, so a bad name stops the start here.
             listen_descriptions(config.settings.listen_addresses, config.settings.port)
         metrics = metrics_service(reactor, config.settings)
-        adopted_metrics = inherited_metrics(reactor)
-        if metrics is not None and adopted_metrics is not None:
-            metrics.endpoint = serverFromString(reactor, adopted_metrics)
+        if channel is not None and channel.metrics_fd is not None:
+            # The metrics socket the old process served: ours, or closed if
+            # we serve no metrics now (it would take connections no one serves).
+            if metrics is not None:
+                metrics.endpoint = channel.metrics_endpoint(reactor)
+            else:
+                os.close(channel.metrics_fd)
     except StartupError as error:
         raise SystemExit(f"pgtls: {error}") from None
     factory = FrontDoorFactory(

@@ -217,7 +217,7 @@ def test_hand_over_of_activated_sockets_under_notify(
         assert (message["MAINPID"], message["READY"]) == (str(new_pid), "1")
         assert process.wait(TIMEOUT) == 0
         log = logfile.read_text()
-        assert "on the 2 listening socket(s)" in log
+        assert "on the 1 listening socket(s) and the metrics socket" in log
         with connect(port, pki.ca_file) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:

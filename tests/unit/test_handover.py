@@ -87,17 +87,19 @@ def test_child_environment() -> None:
     """Our environment with the passed sockets and the channel; no stale LISTEN_PID."""
     env = child_environment(
         {"PATH": "/bin", "LISTEN_PID": "1", "LISTEN_FDS": "9", "NOTIFY_SOCKET": "/run/n"},
-        ["pgtls", "pgtls", "pgtls-metrics"],
+        ["pgtls", "pgtls"],
+        5,
         6,
         7,
     )
     assert env == {
         "PATH": "/bin",
         "NOTIFY_SOCKET": "/run/n",
-        "LISTEN_FDS": "3",
-        "LISTEN_FDNAMES": "pgtls:pgtls:pgtls-metrics",
-        CHANNEL_VARIABLE: "6:7",
+        "LISTEN_FDS": "2",
+        "LISTEN_FDNAMES": "pgtls:pgtls",
+        CHANNEL_VARIABLE: "5:6:7",
     }
+    assert child_environment({}, ["pgtls"], 4, 5)[CHANNEL_VARIABLE] == "4:5"
 
 
 def test_child_environment_refuses_a_name_with_a_colon() -> None:
@@ -116,10 +118,12 @@ def test_last_line() -> None:
 def test_channel_from_environment() -> None:
     """PGTLS_HANDOVER is read once (removed); a malformed value is no channel."""
     env = {CHANNEL_VARIABLE: "5:6", "OTHER": "x"}
-    assert Channel.from_environment(env) == Channel(5, 6)
+    assert Channel.from_environment(env) == Channel(5, 6, None)
     assert env == {"OTHER": "x"}
     assert Channel.from_environment(env) is None
+    assert Channel.from_environment({CHANNEL_VARIABLE: "5:6:7"}) == Channel(5, 6, 7)
     assert Channel.from_environment({CHANNEL_VARIABLE: "5"}) is None
+    assert Channel.from_environment({CHANNEL_VARIABLE: "5:6:7:8"}) is None
     assert Channel.from_environment({CHANNEL_VARIABLE: "a:6"}) is None
 
 
@@ -136,6 +140,15 @@ def test_channel_report_ready() -> None:
         os.close(read_end)
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def test_channel_metrics_endpoint_adopts_with_the_socket_family() -> None:
+    """The metrics socket is adopted with its own family (IPv6 here)."""
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        sock.listen()
+        endpoint = Channel(4, 5, sock.fileno()).metrics_endpoint(MemoryReactor())
+        assert (endpoint.fileno, endpoint.addressFamily) == (sock.fileno(), socket.AF_INET6)
 
 
 def test_no_terminal_passphrase() -> None:
@@ -227,39 +240,6 @@ def test_listen_service_binds_shared_with_so_reuseport(tmp_path: Path) -> None:
     assert reactor.tcpServers == []
     assert len(service.ports) == 1
     assert "listening on IPv4 address" in texts(events)[0]
-
-
-@pytest.fixture
-def passed(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Make sockets look passed (as test_service's passed_sockets fixture does)."""
-    from twisted.internet.endpoints import _SystemdParser
-    from twisted.python.systemd import ListenFDs
-
-    def pass_sockets(*socks: socket.socket, names: list[str]) -> None:
-        fds = [sock.fileno() for sock in socks]
-        monkeypatch.setattr(_SystemdParser, "_sddaemon", ListenFDs(fds, names))
-        monkeypatch.setenv("LISTEN_FDNAMES", ":".join(names))
-
-    return pass_sockets
-
-
-def test_handed_over_metrics_socket_is_apart(passed: Any) -> None:
-    """
-    A hand-over passes the metrics socket as pgtls-metrics: it is not a
-    PostgreSQL port, and the metrics service adopts it by its name.
-    """
-    from pgtls.listening import inherited_descriptions, inherited_metrics
-
-    with socket.socket() as pg, socket.socket(socket.AF_INET6) as metrics:
-        pg.bind(("127.0.0.1", 0))
-        pg.listen()
-        metrics.bind(("::1", 0))
-        metrics.listen()
-        passed(pg, metrics, names=["pgtls", "pgtls-metrics"])
-        assert inherited_descriptions(MemoryReactor()) == ["systemd:domain=INET:index=0"]
-        assert inherited_metrics(MemoryReactor()) == "systemd:domain=INET6:name=pgtls-metrics"
-        passed(pg, names=["pgtls"])
-        assert inherited_metrics(MemoryReactor()) is None
 
 
 def _twisted_port(shared: bool) -> tuple[tcp.Port, int]:
@@ -394,8 +374,8 @@ class HandingOver:
 
 def test_sigusr2_starts_the_new_process_on_our_sockets(datadir: Path) -> None:
     """
-    The new process gets the listening sockets from descriptor 3 on, then
-    the metrics socket, its stderr and a ready pipe read by us, our stderr
+    The new process gets the listening sockets from descriptor 3 on, its
+    stderr and a ready pipe read by us, our stderr and the metrics socket
     after them, and the environment that names all of them; we wait for it
     with a timeout.  Our sockets are no longer shut down when we close them.
     """
@@ -405,15 +385,16 @@ def test_sigusr2_starts_the_new_process_on_our_sockets(datadir: Path) -> None:
     (spawned,) = handing.spawned
     assert spawned["args"] == ["/bin/sh", "-c", "new pgtls"]
     fds = spawned["childFDs"]
-    expected = {1: 1, 2: "r", 3: 0, 4: 0, 5: "r", 6: 2}
+    expected = {1: 1, 2: "r", 3: 0, 4: "r", 5: 2, 6: 0}
     assert {fd: fds[fd] for fd in expected} == expected
     env = spawned["env"]
     passed = (env["LISTEN_FDS"], env["LISTEN_FDNAMES"], env[CHANNEL_VARIABLE])
-    assert passed == ("2", "pgtls:pgtls-metrics", "5:6")
+    assert passed == ("1", "pgtls", "4:5:6")
     assert handing.metrics.port._shouldShutdown is False
     assert "LISTEN_PID" not in env
     assert texts(events) == [
-        "received SIGUSR2: started process 4242 on the 2 listening socket(s); "
+        "received SIGUSR2: started process 4242 on the 1 listening socket(s) and the "
+        "metrics socket; "
         "waiting until it is ready"
     ]
     assert [call.getTime() for call in handing.server.reactor.getDelayedCalls()] == [60.0]

@@ -30,15 +30,23 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import re
-import stat
 import string
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pgtls._hostname import resolve_client_hostname
+from pgtls.pgfiles import (
+    MAX_DEPTH,
+    ConfigFileError,
+    IncludeProblem,
+    absolute,
+    ascii_lower,
+    include_dir_files,
+    read_bytes,
+    strerror,
+)
 
 __all__ = [
     "Admission",
@@ -69,15 +77,8 @@ class ClientCert:
     dn: str
 
 
-class HbaError(Exception):
+class HbaError(ConfigFileError):
     """pg_hba.conf or pg_ident.conf is wrong; ``str()`` is ``FILE:LINE: reason``."""
-
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        self.path = path
-        self.line = line
-        self.reason = reason
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {reason}")
 
 
 class HbaErrors(HbaError):
@@ -200,7 +201,6 @@ class Refusal:
 # Tokenizing (hba.c next_token, next_field_expand, tokenize_auth_file)
 
 _BLANKS = " \t\r"
-_MAX_DEPTH = 10  # CONF_FILE_MAX_DEPTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,20 +297,6 @@ def _next_token(line: str, position: int) -> tuple[_Token | None, bool, int]:
     return _Token("".join(chars), initial_quote), comma, position
 
 
-def _absolute(location: str, calling_file: str) -> str:
-    """A file named in ``calling_file``: relative names are relative to its directory."""
-    if os.path.isabs(location):
-        return location
-    return os.path.normpath(os.path.join(os.path.dirname(calling_file), location))
-
-
-def _strerror(error: OSError) -> str:
-    """The C library's text for an OSError, as PostgreSQL's ``%m``."""
-    if error.errno is not None:
-        return os.strerror(error.errno)
-    return str(error)
-
-
 class _MissingFile(HbaError):
     """A file to read does not exist (include_if_exists and pg_ident.conf allow that)."""
 
@@ -338,18 +324,18 @@ class _Tokenizer:
         :raises _MissingFile: the file does not exist.
         :raises HbaError: the file or something it includes cannot be read.
         """
-        if depth > _MAX_DEPTH:
+        if depth > MAX_DEPTH:
             raise HbaError(*where, f'could not open file "{path}": maximum nesting depth exceeded')
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
-                text = file.read()
+            data = read_bytes(path)
         except OSError as error:
-            reason = f'could not open file "{path}": {_strerror(error)}'
+            reason = f'could not open file "{path}": {strerror(error)}'
             if error.errno == errno.ENOENT:
                 raise _MissingFile(*where, reason, path) from None
             raise HbaError(*where, reason) from None
         lines: list[_TokenizedLine] = []
-        for number, raw in _logical_lines(text):
+        # Non-UTF-8 bytes survive as surrogate escapes, as in postgresql.conf.
+        for number, raw in _logical_lines(data.decode("utf-8", "surrogateescape")):
             try:
                 fields = self._fields(raw, path, number, depth)
                 if fields:
@@ -398,7 +384,7 @@ class _Tokenizer:
 
     def _expand(self, name: str, path: str, number: int, depth: int) -> list[_Token]:
         """Every token of every line of an ``@file``, in order."""
-        lines = self.read(_absolute(name, path), depth, (path, number))
+        lines = self.read(absolute(name, path), depth, (path, number))
         return [token for line in lines for field in line.fields for token in field]
 
     def _include_or_line(
@@ -409,9 +395,9 @@ class _Tokenizer:
             keyword, target = fields[0][0].text, fields[1][0].text
             where = (path, number)
             if keyword == "include":
-                return self.read(_absolute(target, path), depth + 1, where)
+                return self.read(absolute(target, path), depth + 1, where)
             if keyword == "include_if_exists":
-                full = _absolute(target, path)
+                full = absolute(target, path)
                 maybe = self.read_if_exists(full, depth + 1, where)
                 if maybe is None:
                     self.warnings.append(
@@ -420,46 +406,12 @@ class _Tokenizer:
                     return []
                 return maybe
             if keyword == "include_dir":
-                return [
-                    line
-                    for name in _conf_files(target, path, number)
-                    for line in self.read(name, depth + 1, where)
-                ]
+                try:
+                    files = include_dir_files(target, path)
+                except IncludeProblem as problem:
+                    raise HbaError(path, number, problem.reason) from None
+                return [line for name in files for line in self.read(name, depth + 1, where)]
         return [_TokenizedLine(fields, path, number, raw)]
-
-
-def _conf_files(directory: str, calling_file: str, number: int) -> list[str]:
-    """
-    The files that ``include_dir directory`` reads: names ending in
-    ``.conf``, not starting with ``.``, not directories, sorted by name.
-
-    :raises HbaError: the name is blank or the directory cannot be read.
-    """
-    if not directory.strip(" \t\r\n"):
-        raise HbaError(calling_file, number, f'empty configuration directory name: "{directory}"')
-    full = _absolute(directory, calling_file)
-    try:
-        names = os.listdir(full)
-    except OSError as error:
-        raise HbaError(
-            calling_file,
-            number,
-            f'could not open configuration directory "{full}": {_strerror(error)}',
-        ) from None
-    files = []
-    for name in names:
-        if len(name) < 6 or name.startswith(".") or not name.endswith(".conf"):
-            continue
-        path = os.path.join(full, name)
-        try:
-            is_directory = stat.S_ISDIR(os.stat(path).st_mode)
-        except OSError as error:
-            raise HbaError(
-                calling_file, number, f'could not stat file "{path}": {_strerror(error)}'
-            ) from None
-        if not is_directory:
-            files.append(path)
-    return sorted(files)
 
 
 # ---------------------------------------------------------------------------
@@ -758,8 +710,8 @@ class _HostName:
         """hba.c hostname_match: ASCII case-insensitive, whole name or suffix."""
         if client.hostname is None:
             return False
-        actual = _ascii_lower(client.hostname)
-        pattern = _ascii_lower(self.pattern)
+        actual = ascii_lower(client.hostname)
+        pattern = ascii_lower(self.pattern)
         if pattern.startswith("."):
             return actual.endswith(pattern)
         return actual == pattern
@@ -768,12 +720,6 @@ class _HostName:
 AddressRule = _NoAddress | _AnyAddress | _Network | _SameHost | _SameNet | _HostName
 
 
-def _ascii_lower(text: str) -> str:
-    """pg_strcasecmp folds ASCII letters only."""
-    return text.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _INET_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 
 

@@ -1,17 +1,17 @@
-"""pg_hba.conf and pg_ident.conf: parse and match, as PostgreSQL 16 does."""
+"""
+pg_hba.conf and pg_ident.conf: parse and match, as PostgreSQL 16 does.
 
-from pgtls.hba.rules import (
-    Admission,
-    Authenticated,
-    Client,
-    ClientCert,
-    HbaError,
-    HbaErrors,
-    Refusal,
-    Rules,
-    load_rules,
-    resolve_client_hostname,
-)
+rules.py loads both files (load_rules) and decides connections
+(Rules.match); it reads them through tokens.py (lines, tokens, includes),
+lines.py (a pg_hba.conf record), with addresses.py, names.py, regex.py and
+cnumbers.py for its columns, and ident.py (pg_ident.conf maps).
+decisions.py holds what a decision is made on and what it returns.
+"""
+
+from pgtls._hostname import resolve_client_hostname
+from pgtls.hba.decisions import Admission, Authenticated, Client, ClientCert, Refusal
+from pgtls.hba.errors import HbaError, HbaErrors
+from pgtls.hba.rules import Rules, load_rules
 
 __all__ = [
     "Admission",

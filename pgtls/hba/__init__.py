@@ -3,7 +3,7 @@ pg_hba.conf and pg_ident.conf: parse and match, as PostgreSQL 16 does.
 
 rules.py loads both files (load_rules) and decides connections
 (Rules.match); it reads them through tokens.py (lines, tokens, includes),
-lines.py (a pg_hba.conf record), with addresses.py, names.py, regex.py and
+lines.py (a pg_hba.conf record) and options.py (its name=value options), with addresses.py, names.py, regex.py and
 cnumbers.py for its columns, and ident.py (pg_ident.conf maps).
 decisions.py holds what a decision is made on and what it returns.
 """

@@ -1,5 +1,5 @@
 """
-pg_hba.conf lines: hba.c parse_hba_line and parse_hba_auth_opt.
+pg_hba.conf records: hba.c parse_hba_line, column by column.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pgtls.hba.addresses import (
     cidr_mask,
     numeric_address,
 )
-from pgtls.hba.cnumbers import atoi
 from pgtls.hba.decisions import IPAddress
 from pgtls.hba.errors import HbaError
 from pgtls.hba.names import Name
+from pgtls.hba.options import AuthOptions
 from pgtls.hba.tokens import Field, Token, TokenizedLine
 
 __all__ = [
@@ -64,44 +64,6 @@ AUTH_FAILED = {
     "scram-sha-256": 'password authentication failed for user "{}"',
     "password": 'password authentication failed for user "{}"',
 }
-_LDAP_OPTIONS = frozenset(
-    {
-        "ldapurl",
-        "ldaptls",
-        "ldapscheme",
-        "ldapserver",
-        "ldapport",
-        "ldapbinddn",
-        "ldapbindpasswd",
-        "ldapsearchattribute",
-        "ldapsearchfilter",
-        "ldapbasedn",
-        "ldapprefix",
-        "ldapsuffix",
-    }
-)
-_RADIUS_OPTIONS = ("radiusservers", "radiusports", "radiussecrets", "radiusidentifiers")
-_RADIUS_LIST_NAMES = {
-    "radiusservers": "server",
-    "radiusports": "port",
-    "radiussecrets": "secret",
-    "radiusidentifiers": "identifiers",
-}
-# option name -> (methods it is valid for, how PostgreSQL lists them)
-_OPTION_METHODS: dict[str, tuple[frozenset[str], str]] = {
-    "map": (
-        frozenset({"ident", "peer", "gss", "sspi", "cert"}),
-        "ident, peer, gssapi, sspi, and cert",
-    ),
-    "pamservice": (frozenset({"pam"}), "pam"),
-    "pam_use_hostname": (frozenset({"pam"}), "pam"),
-    "krb_realm": (frozenset({"gss", "sspi"}), "gssapi and sspi"),
-    "include_realm": (frozenset({"gss", "sspi"}), "gssapi and sspi"),
-    "compat_realm": (frozenset({"sspi"}), "sspi"),
-    "upn_username": (frozenset({"sspi"}), "sspi"),
-    **{name: (frozenset({"ldap"}), "ldap") for name in _LDAP_OPTIONS},
-    **{name: (frozenset({"radius"}), "radius") for name in _RADIUS_OPTIONS},
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +99,7 @@ class HbaLine:
 
 
 class HbaLineParser:
-    """hba.c parse_hba_line and parse_hba_auth_opt for one tokenized line."""
+    """hba.c parse_hba_line for one tokenized line (its options: options.AuthOptions)."""
 
     def __init__(self, line: TokenizedLine, ssl_enabled: bool, warnings: list[str]) -> None:
         self._line = line
@@ -146,10 +108,6 @@ class HbaLineParser:
         self._next = 0
         self._method = ""
         self._connection_type = ""
-        self._usermap: str | None = None
-        self._clientcert = "off"
-        self._clientname = "CN"
-        self._options: dict[str, str] = {}
 
     def parse(self) -> HbaLine:
         """
@@ -163,10 +121,10 @@ class HbaLineParser:
         roles = self._names("end-of-line before role specification")
         address = NoAddress() if self._connection_type == "local" else self._parse_address()
         self._method = self._parse_method()
-        self._parse_options()
-        self._check_mandatory_options()
-        if self._method == "cert":
-            self._clientcert = "verify-full"
+        options = self._parse_options()
+        options.check_mandatory()
+        # cert implies clientcert=verify-full (hba.c parse_hba_line).
+        clientcert = "verify-full" if self._method == "cert" else options.clientcert
         if self._connection_type in MATCHABLE_TYPES:
             self._check_supported(databases, roles)
         return HbaLine(
@@ -175,9 +133,9 @@ class HbaLineParser:
             roles=roles,
             address=address,
             method=self._method,
-            usermap=self._usermap,
-            clientcert=self._clientcert,
-            clientname=self._clientname,
+            usermap=options.usermap,
+            clientcert=clientcert,
+            clientname=options.clientname,
             path=self._line.path,
             number=self._line.number,
             raw=self._line.raw,
@@ -276,7 +234,9 @@ class HbaLineParser:
             raise self._error("cert authentication is only supported on hostssl connections")
         return method
 
-    def _parse_options(self) -> None:
+    def _parse_options(self) -> AuthOptions:
+        """The remaining fields: ``name=value`` authentication options."""
+        options = AuthOptions(self._method, self._connection_type, self._error)
         while self._next < len(self._line.fields):
             for token in self._field(""):
                 name, equals, value = token.text.partition("=")
@@ -284,120 +244,8 @@ class HbaLineParser:
                     raise self._error(
                         f"authentication option not in name=value format: {token.text}"
                     )
-                self._parse_option(name, value)
-
-    def _parse_option(self, name: str, value: str) -> None:
-        if name in ("clientcert", "clientname"):
-            self._parse_certificate_option(name, value)
-            return
-        if name not in _OPTION_METHODS:
-            raise self._error(f'unrecognized authentication option name: "{name}"')
-        methods, listed = _OPTION_METHODS[name]
-        if self._method not in methods:
-            raise self._error(
-                f'authentication option "{name}" is only valid for authentication methods {listed}'
-            )
-        if name == "map":
-            self._usermap = value
-        elif name == "ldapport" and atoi(value) == 0:
-            raise self._error(f'invalid LDAP port number: "{value}"')
-        elif name == "ldapurl":
-            self._parse_ldap_url(value)
-        elif name in _RADIUS_OPTIONS:
-            self._parse_radius_list(name, value)
-        self._options[name] = value
-
-    def _parse_certificate_option(self, name: str, value: str) -> None:
-        if self._connection_type != "hostssl":
-            raise self._error(f'{name} can only be configured for "hostssl" rows')
-        if name == "clientname":
-            if value not in ("CN", "DN"):
-                raise self._error(f'invalid value for clientname: "{value}"')
-            self._clientname = value
-        elif value == "verify-full":
-            self._clientcert = value
-        elif value == "verify-ca":
-            if self._method == "cert":
-                raise self._error(
-                    'clientcert only accepts "verify-full" when using "cert" authentication'
-                )
-            self._clientcert = value
-        else:
-            raise self._error(f'invalid value for clientcert: "{value}"')
-
-    def _parse_ldap_url(self, url: str) -> None:
-        """The parts of an ldapurl that the mode checks need (no DNS, no LDAP library)."""
-        scheme, colon, rest = url.partition(":")
-        if not colon or not rest.startswith("//"):
-            raise self._error(f'could not parse LDAP URL "{url}": Bad parameter to an ldap routine')
-        if scheme not in ("ldap", "ldaps"):
-            raise self._error(f"unsupported LDAP URL scheme: {scheme}")
-        _host, _slash, path = rest[2:].partition("/")
-        base_dn, _mark, query = path.partition("?")
-        attributes, _mark, query = query.partition("?")
-        _scope, _mark, query = query.partition("?")
-        search_filter = query.partition("?")[0]
-        if base_dn:
-            self._options["ldapbasedn"] = base_dn
-        if attributes:
-            self._options["ldapsearchattribute"] = attributes.split(",")[0]
-        if search_filter:
-            self._options["ldapsearchfilter"] = search_filter
-
-    def _parse_radius_list(self, name: str, value: str) -> None:
-        """A comma list of RADIUS values: no empty element."""
-        items = _split_list(value)
-        if items is None:
-            raise self._error(f'could not parse RADIUS {_RADIUS_LIST_NAMES[name]} list "{value}"')
-        if name == "radiusports" and any(atoi(item) == 0 for item in items):
-            raise self._error(f'invalid RADIUS port number: "{value}"')
-
-    def _check_mandatory_options(self) -> None:
-        if self._method == "ldap":
-            self._check_ldap_options()
-        elif self._method == "radius":
-            self._check_radius_options()
-
-    def _check_ldap_options(self) -> None:
-        options = self._options
-        search = ("ldapbasedn", "ldapbinddn", "ldapbindpasswd", "ldapsearchattribute")
-        if "ldapprefix" in options or "ldapsuffix" in options:
-            if any(name in options for name in (*search, "ldapsearchfilter")):
-                raise self._error("cannot mix options for simple bind and search+bind modes")
-        elif "ldapbasedn" not in options:
-            raise self._error(
-                'authentication method "ldap" requires argument "ldapbasedn", "ldapprefix",'
-                ' or "ldapsuffix" to be set'
-            )
-        if "ldapsearchattribute" in options and "ldapsearchfilter" in options:
-            raise self._error("cannot use ldapsearchattribute together with ldapsearchfilter")
-
-    def _check_radius_options(self) -> None:
-        counts: dict[str, int] = {}
-        for name in _RADIUS_OPTIONS:
-            items = _split_list(self._options[name]) if name in self._options else []
-            counts[name] = len(items or [])
-        for name in ("radiusservers", "radiussecrets"):
-            if name not in self._options:
-                raise self._error(
-                    f'authentication method "radius" requires argument "{name}" to be set'
-                )
-        if counts["radiusservers"] == 0:
-            raise self._error("list of RADIUS servers cannot be empty")
-        if counts["radiussecrets"] == 0:
-            raise self._error("list of RADIUS secrets cannot be empty")
-        servers = counts["radiusservers"]
-        for name, label, allow_none in (
-            ("radiussecrets", "secrets", False),
-            ("radiusports", "ports", True),
-            ("radiusidentifiers", "identifiers", True),
-        ):
-            count = counts[name]
-            if count not in (1, servers) and not (allow_none and count == 0):
-                raise self._error(
-                    f"the number of RADIUS {label} ({count}) must be 1 or the same as the"
-                    f" number of RADIUS servers ({servers})"
-                )
+                options.parse(name, value)
+        return options
 
     def _check_supported(self, databases: Sequence[Name], roles: Sequence[Name]) -> None:
         """pgtls's own limits on a line that could match a connection."""
@@ -414,12 +262,3 @@ class HbaLineParser:
             raise self._error(
                 f'invalid authentication method "{self._method}": not supported by pgtls'
             )
-
-
-def _split_list(value: str) -> list[str] | None:
-    """A comma list of (optionally double-quoted) items; None if an item is empty."""
-    if not value.strip():
-        return []
-    items = [item.strip() for item in value.split(",")]
-    items = [item[1:-1] if len(item) > 1 and item[0] == item[-1] == '"' else item for item in items]
-    return None if any(not item for item in items) else items

@@ -2,10 +2,11 @@
 pg_hba.conf and pg_ident.conf: parse and match, as PostgreSQL 16 does.
 
 rules.py loads both files (load_rules) and decides connections
-(Rules.match); it reads them through tokens.py (lines, tokens, includes),
-lines.py (a pg_hba.conf record) and options.py (its name=value options), with addresses.py, names.py, regex.py and
-cnumbers.py for its columns, and ident.py (pg_ident.conf maps).
-decisions.py holds what a decision is made on and what it returns.
+(Rules.match).  It reads them through tokens.py (lines, tokens, includes),
+lines.py (a pg_hba.conf record) and options.py (its name=value options),
+with addresses.py, names.py, regex.py and cnumbers.py for the columns, and
+ident.py (pg_ident.conf maps).  decisions.py holds what a decision is made
+on and what it returns; errors.py the load errors.
 """
 
 from pgtls._hostname import resolve_client_hostname

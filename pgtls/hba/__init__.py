@@ -10,7 +10,14 @@ on and what it returns; errors.py the load errors.
 """
 
 from pgtls._hostname import resolve_client_hostname
-from pgtls.hba.decisions import Admission, Authenticated, Client, ClientCert, Refusal
+from pgtls.hba.decisions import (
+    Admission,
+    Authenticated,
+    Client,
+    ClientCert,
+    Refusal,
+    RefusalKind,
+)
 from pgtls.hba.errors import HbaError, HbaErrors
 from pgtls.hba.rules import Rules, load_rules
 
@@ -22,6 +29,7 @@ __all__ = [
     "HbaError",
     "HbaErrors",
     "Refusal",
+    "RefusalKind",
     "Rules",
     "load_rules",
     "resolve_client_hostname",

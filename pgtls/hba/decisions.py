@@ -5,8 +5,9 @@ What pg_hba.conf decides on (Client, ClientCert) and what it decides
 
 from __future__ import annotations
 
+import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Admission",
@@ -16,6 +17,7 @@ __all__ = [
     "IPAddress",
     "Interface",
     "Refusal",
+    "RefusalKind",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -108,6 +110,20 @@ class Admission:
         return Authenticated(self.identity, self.method, self.file, self.line_number)
 
 
+class RefusalKind(enum.Enum):
+    """
+    Why pg_hba.conf refused, as a fact (the message says it in words, with
+    the host, user and database).  The value is the ``reason`` label of the
+    refusal metric.
+    """
+
+    NO_HBA_ENTRY = "no_hba_entry"  # no line matched: the implicit reject
+    HBA_REJECT = "hba_reject"  # a reject line matched
+    CLIENT_CERT_REQUIRED = "client_cert_required"  # clientcert, no certificate
+    CLIENT_CA_MISSING = "client_ca_missing"  # clientcert or cert without root.crt
+    CERT_AUTH_FAILED = "cert_auth_failed"  # the certificate's name does not map to the user
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """
@@ -119,9 +135,11 @@ class Refusal:
     :ivar authenticated: the identity the line authenticated before the
         refusal (``cert`` whose name does not map to the user), which
         PostgreSQL logs before it refuses.
+    :ivar kind: why, as a fact for metrics (keyword only).
     """
 
     sqlstate: str
     message: str
     log_detail: str | None
     authenticated: Authenticated | None = None
+    kind: RefusalKind = field(kw_only=True)

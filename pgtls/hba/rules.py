@@ -38,6 +38,7 @@ from pgtls.hba.decisions import (
     ClientCert,
     Interface,
     Refusal,
+    RefusalKind,
 )
 from pgtls.hba.errors import HbaError, HbaErrors
 from pgtls.hba.ident import IdentLine, check_usermap, parse_ident_line
@@ -129,9 +130,15 @@ class Rules:
                 "F0000",
                 "client certificates can only be checked if a root certificate store is available",
                 line.matched,
+                kind=RefusalKind.CLIENT_CA_MISSING,
             )
         if client.cert is None:
-            return Refusal("28000", "connection requires a valid client certificate", line.matched)
+            return Refusal(
+                "28000",
+                "connection requires a valid client certificate",
+                line.matched,
+                kind=RefusalKind.CLIENT_CERT_REQUIRED,
+            )
         return None
 
     def _check_cert(self, line: HbaLine, user: str, cert: ClientCert) -> Refusal | None:
@@ -159,7 +166,13 @@ class Rules:
         authenticated = None
         if line.method == "cert" and name:
             authenticated = Authenticated(cert.dn, line.method, line.path, line.number)
-        return Refusal(sqlstate, message, "\n".join([*reasons, line.matched]), authenticated)
+        return Refusal(
+            sqlstate,
+            message,
+            "\n".join([*reasons, line.matched]),
+            authenticated,
+            kind=RefusalKind.CERT_AUTH_FAILED,
+        )
 
 
 def _encryption(client: Client) -> str:
@@ -182,7 +195,7 @@ def _no_entry(client: Client) -> Refusal:
     detail = None
     if client.hostname is not None:
         detail = f'Client IP address resolved to "{client.hostname}", forward lookup matches.'
-    return Refusal("28000", message, detail)
+    return Refusal("28000", message, detail, kind=RefusalKind.NO_HBA_ENTRY)
 
 
 def _rejected(client: Client, line: HbaLine) -> Refusal:
@@ -198,7 +211,7 @@ def _rejected(client: Client, line: HbaLine) -> Refusal:
             f'pg_hba.conf rejects connection for host "{host}", user "{client.user}",'
             f' database "{client.database}", {_encryption(client)}'
         )
-    return Refusal("28000", message, line.matched)
+    return Refusal("28000", message, line.matched, kind=RefusalKind.HBA_REJECT)
 
 
 def load_rules(

@@ -18,7 +18,7 @@ from pgtls.hba.decisions import (
     Refusal,
     RefusalKind,
 )
-from pgtls.hba.errors import HbaError, HbaErrors
+from pgtls.hba.errors import HbaError, HbaErrors, HbaFile
 from pgtls.hba.rules import Rules, load_rules
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ClientCert",
     "HbaError",
     "HbaErrors",
+    "HbaFile",
     "Refusal",
     "RefusalKind",
     "Rules",

@@ -23,6 +23,7 @@ from pgtls.hba import (
     ClientCert,
     HbaError,
     HbaErrors,
+    HbaFile,
     Refusal,
     RefusalKind,
     Rules,
@@ -363,6 +364,28 @@ def test_bad_lines_only_in_pg_ident(tmp_path: Path) -> None:
     assert error.hba_errors == ()
     assert {e.path for e in error.ident_errors} == {str(tmp_path / "pg_ident.conf")}
     assert [e.line for e in error.errors] == [1, 2]
+
+
+def test_errors_carry_their_source_file(tmp_path: Path) -> None:
+    """Each error says, typed, which file is at fault, whatever file it names."""
+    write(tmp_path, "maps.conf", "m /( bob\n")
+    error = load_error(tmp_path, "hostx all all all trust\n", "include maps.conf\n")
+    assert isinstance(error, HbaErrors)
+    assert [e.source for e in error.errors] == [HbaFile.HBA, HbaFile.IDENT]
+    assert error.ident_errors[0].path == str(tmp_path / "maps.conf")
+    assert error.sources == (HbaFile.HBA, HbaFile.IDENT)
+    only_ident = load_error(tmp_path, "host all all all trust\n", "m alice\n")
+    assert only_ident.sources == (HbaFile.IDENT,)
+    assert only_ident.source is HbaFile.IDENT
+    (tmp_path / "pg_hba.conf").write_text("# nothing\n")
+    with pytest.raises(HbaError) as empty:
+        load_rules(
+            str(tmp_path / "pg_hba.conf"),
+            str(tmp_path / "pg_ident.conf"),
+            ssl_enabled=True,
+            client_ca_loaded=True,
+        )
+    assert empty.value.sources == (HbaFile.HBA,)
 
 
 HBA_ERRORS = [

@@ -52,6 +52,18 @@ def test_include_dir_files_skips_dot_files_other_names_and_directories(tmp_path:
     assert files == [str(tmp_path / "d" / "a.conf")]
 
 
+def test_include_dir_files_are_named_directory_slash_name(tmp_path: Path) -> None:
+    """
+    Each file is the directory as resolved, "/", its name (ParseConfigDirectory's
+    "%s/%s"): an absolute directory is kept as written, a relative one canonicalized.
+    """
+    _write_bytes_name(tmp_path / "d", b"a.conf", "")
+    written = f"{tmp_path}//d/../d"
+    assert pgfiles.include_dir_files(written, "/etc/pg_hba.conf") == [f"{written}/a.conf"]
+    calling = str(tmp_path / "postgresql.conf")
+    assert pgfiles.include_dir_files("./d//", calling) == [str(tmp_path / "d" / "a.conf")]
+
+
 @pytest.mark.parametrize(
     ("location", "reason"),
     [

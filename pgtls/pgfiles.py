@@ -2,11 +2,15 @@
 What PostgreSQL's configuration files share, read once for all of them.
 
 postgresql.conf (guc-file.l), pg_hba.conf and pg_ident.conf (hba.c) each
-have their own lexer, but they resolve include names, list an
-``include_dir``, limit include nesting, report a failed system call
-(``%m``), fold names to lower case and read booleans the same way.  Those
-shared rules live here, pure (no Twisted, no socket), so that conf.py,
-the hba package and wire.py cannot drift apart again.
+have their own lexer and their own way of reporting errors (the first one
+stops postgresql.conf; every bad line of the authentication files is
+reported), but they resolve include names, list an ``include_dir``, limit
+include nesting, report a failed system call (``%m``), fold names to lower
+case and read booleans the same way.  PostgreSQL 16 shares the include
+rules in conffiles.c (AbsoluteConfigLocation, GetConfFilesInDir,
+CONF_FILE_MAX_DEPTH); pgtls shares them here, pure (no Twisted, no
+socket), so that conf.py, the hba package and wire.py cannot drift apart
+again.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from pgtls.relay import (
     upstream_endpoint,
 )
 from pgtls.relayreactor import dispatch_directly
-from pgtls.tlsctx import ServerTLS, TLSInfo, describe_connection
+from pgtls.tlsctx import NoApplicationProtocol, ServerTLS, TLSInfo, describe_connection
 from pgtls.upstreamctx import UpstreamTLS
 from pgtls.upstreamleg import describe_failure, open_upstream
 
@@ -849,6 +849,8 @@ def _ssl_reason(reason: Failure) -> str:
     from OpenSSL import SSL
 
     value = reason.value
+    if isinstance(value, NoApplicationProtocol):
+        return value.reason
     if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
         for entry in value.args[0]:
             if len(entry) >= 3 and entry[2]:

@@ -81,6 +81,7 @@ class Settings:
     clientcert: str = "required"
     smart_shutdown_timeout: float = 30.0
     metrics_listen: str = ""
+    fast_path: bool = True
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
     raw_values: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -709,6 +710,8 @@ _PARAMS: tuple[_Param, ...] = (
     ),
     # A Twisted server endpoint string; checked when the service is built.
     _Param("pgtls.metrics_listen", "metrics_listen", _string),
+    # The relay's fast path (pgtls.fastpath), decided once at start.
+    _Param("pgtls.fast_path", "fast_path", _boolean, _show_bool),
 )
 _BY_NAME = {param.name: param for param in _PARAMS}
 _FILE_PARAMS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")

@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
-from pgtls import conf, hba, relayreactor
+from pgtls import conf, fastpath, hba, relayreactor
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.listening import ListenService, inherited_descriptions, listen_descriptions
 from pgtls.loader import StartupError, load_hba, load_server_config
@@ -58,6 +58,11 @@ listen_addresses and port. SIGTERM is a smart shutdown (new sessions are
 refused, open ones may end within pgtls.smart_shutdown_timeout), SIGINT a
 fast one (each session gets FATAL 57P01). With NOTIFY_SOCKET set (systemd's
 Type=notify) pgtls reports READY, RELOADING, STOPPING and a STATUS line.
+
+The relay's fast path uses private internals of Twisted and pyOpenSSL; a
+self-test proves them at start, and if it fails pgtls logs one warning and
+relays through Twisted's public path. pgtls.fast_path = off (or the
+environment variable PGTLS_FAST_PATH=off, which wins) turns it off.
 
 Examples:
   twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls
@@ -285,13 +290,23 @@ class ReloadService(Service):
 
 def makeService(options: Options) -> MultiService:
     """Load the data directory (asking for a passphrase if needed) and build the server."""
-    relayreactor.install()
-    from twisted.internet import reactor
-
     try:
         config = load_server_config(
             options["pgdata"], options["overrides"], ask_passphrase=terminal_passphrase
         )
+    except StartupError as error:
+        raise SystemExit(f"pgtls: {error}") from None
+    try:
+        fast = fastpath.start(config.settings.fast_path, os.environ, fastpath.self_test)
+    except ValueError as error:  # a bad PGTLS_FAST_PATH
+        raise SystemExit(f"pgtls: {error}") from None
+    # Nothing has imported the global reactor yet: the fast path's reactor
+    # goes in now, else Twisted's default (epoll) does.
+    if fast:
+        relayreactor.install()
+    from twisted.internet import reactor
+
+    try:
         inherited = inherited_descriptions(reactor)
         if not inherited:
             # Resolve listen_addresses now, so a bad name stops the start here.

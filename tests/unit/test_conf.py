@@ -821,6 +821,7 @@ def test_restart_only_names() -> None:
         "pgtls.upstream",
         "pgtls.clientcert",
         "pgtls.metrics_listen",
+        "pgtls.fast_path",
     } == RESTART_ONLY
 
 

@@ -9,8 +9,8 @@ inside names the connection.  On a relayed session that is about a third of
 pgtls's own work per query (callgrind: 111k instructions per relayed query
 with it, 80k without), for a context the relay path has no use for: the
 fast path (:mod:`pgtls.pump`) logs nothing, and the errors that the
-reactor's ``_doReadOrWrite`` catches are logged all the same, only without
-the connection's name in front.
+reactor's read-or-write dispatch catches are logged all the same, only
+without the connection's name in front.
 
 A transport opts in with :func:`dispatch_directly` (pgtls.frontdoor does
 for each client connection from its start, pgtls.pump for both legs of a
@@ -18,10 +18,12 @@ relayed session, pgtls.listening for its listening ports); every other
 descriptor is dispatched exactly as Twisted does.  The front door's own
 log lines carry their namespace and the client's address, so they lose
 nothing.  An opted-in transport's plain read event (the relay's common
-case) goes straight to its ``doRead``, as the reactor's ``_doReadOrWrite``
-would call it; any other event goes through ``_doReadOrWrite`` itself.
-:func:`install` makes this the reactor when nothing has chosen one yet
-(``twistd --reactor`` still wins).
+case) goes straight to its ``doRead``, as the reactor's dispatch would
+call it; any other event goes through that dispatch itself.  The polling
+loop is :func:`pgtls._internals.poll` (it uses the reactor's private
+state).  :func:`install` makes this the reactor when nothing has chosen one
+yet (``twistd --reactor`` still wins), and pgtls.service installs it only
+when the fast path is on (pgtls.fastpath).
 """
 
 from __future__ import annotations

@@ -379,17 +379,14 @@ def close_reactor(reactor: Any) -> None:
 def copied() -> dict[str, Any]:
     """
     The upstream functions whose bodies this module copies (changed), or
-    whose behaviour an override here relies on, by their full names.
+    whose behaviour an override here relies on, by their names under
+    ``twisted.protocols`` or ``twisted.internet``.
     """
     from twisted.internet import epollreactor
 
     return {
-        "twisted.protocols.tls.TLSMemoryBIOProtocol.makeConnection": (
-            TLSMemoryBIOProtocol.makeConnection
-        ),
-        "twisted.protocols.tls.TLSMemoryBIOProtocol._flushSendBIO": (
-            TLSMemoryBIOProtocol._flushSendBIO
-        ),
-        "twisted.internet._newtls.startTLS": getattr(_newtls, "startTLS", None),
-        "twisted.internet.epollreactor.EPollReactor.doPoll": epollreactor.EPollReactor.doPoll,
+        "tls.TLSMemoryBIOProtocol.makeConnection": TLSMemoryBIOProtocol.makeConnection,
+        "tls.TLSMemoryBIOProtocol._flushSendBIO": TLSMemoryBIOProtocol._flushSendBIO,
+        "_newtls.startTLS": getattr(_newtls, "startTLS", None),
+        "epollreactor.EPollReactor.doPoll": epollreactor.EPollReactor.doPoll,
     }

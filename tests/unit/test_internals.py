@@ -33,13 +33,26 @@ PRIVATE = re.compile(
 # pgtls._internals copies (or overrides, relying on what it does), for each
 # Twisted version the copies were reviewed against.  A new Twisted version
 # fails here until its bodies are compared with the copies and recorded.
+_UP_TO_25_5 = {
+    # Its factory's creator is _createConnection: the one difference.
+    "tls.TLSMemoryBIOProtocol.makeConnection": "85cb008b003ff3d2",
+    "tls.TLSMemoryBIOProtocol._flushSendBIO": "c034168e4f0faf2c",
+    "_newtls.startTLS": "da00d9cb1d682795",
+    "epollreactor.EPollReactor.doPoll": "09b62ae68ef01b4b",
+}
+_FROM_26_4 = {
+    "tls.TLSMemoryBIOProtocol.makeConnection": "c83b193e6cb07f9f",
+    "tls.TLSMemoryBIOProtocol._flushSendBIO": "c034168e4f0faf2c",
+    "_newtls.startTLS": "da00d9cb1d682795",
+    "epollreactor.EPollReactor.doPoll": "09b62ae68ef01b4b",
+}
 UPSTREAM: dict[str, dict[str, str]] = {
-    "26.10.0": {
-        "tls.TLSMemoryBIOProtocol.makeConnection": "c83b193e6cb07f9f",
-        "tls.TLSMemoryBIOProtocol._flushSendBIO": "c034168e4f0faf2c",
-        "_newtls.startTLS": "da00d9cb1d682795",
-        "epollreactor.EPollReactor.doPoll": "09b62ae68ef01b4b",
-    },
+    "24.7.0": _UP_TO_25_5,
+    "24.10.0": _UP_TO_25_5,
+    "24.11.0": _UP_TO_25_5,
+    "25.5.0": _UP_TO_25_5,
+    "26.4.0": _FROM_26_4,
+    "26.10.0": _FROM_26_4,
 }
 
 

@@ -266,7 +266,7 @@ class _ServerTLSLayer(BufferingTLSTransport):
             super()._flushSendBIO()
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=1)
 def _tls_factory(creator: Any, clock: IReactorTime) -> TLSMemoryBIOFactory:
     """
     One TLS factory for every connection of a server; startTLS builds one

@@ -8,7 +8,7 @@ take Twisted's public path.
 The internals are broken here as an upgrade would break them (a renamed
 attribute, a binding without a call, a module that went away) or as a bug
 would (bytes changed on the way); a real twistd in front of a real
-PostgreSQL with broken internals is tests/integration/test_fastpath.py.
+PostgreSQL with broken internals is tests/integration/test_public_path.py.
 """
 
 from __future__ import annotations

@@ -52,12 +52,13 @@ start; SIGHUP re-reads pg_hba.conf, pg_ident.conf and the reloadable settings.
 A passphrase-protected server.key is asked for on the terminal before twistd
 daemonizes, unless ssl_passphrase_command is set.
 
-Started by systemd socket activation (LISTEN_FDS, LISTEN_PID and
-LISTEN_FDNAMES), pgtls serves the TCP sockets it was passed and ignores
-listen_addresses and port. SIGTERM is a smart shutdown (new sessions are
-refused, open ones may end within pgtls.smart_shutdown_timeout), SIGINT a
-fast one (each session gets FATAL 57P01). With NOTIFY_SOCKET set (systemd's
-Type=notify) pgtls reports READY, RELOADING, STOPPING and a STATUS line.
+Started by systemd socket activation (LISTEN_FDS, LISTEN_PID, and
+LISTEN_FDNAMES if set), pgtls serves the TCP sockets it was passed, named
+or not, and ignores listen_addresses and port. SIGTERM is a smart shutdown
+(new sessions are refused, open ones may end within
+pgtls.smart_shutdown_timeout), SIGINT a fast one (each session gets FATAL
+57P01). With NOTIFY_SOCKET set (systemd's Type=notify) pgtls reports READY,
+RELOADING, STOPPING and a STATUS line.
 
 The relay's fast path uses private internals of Twisted and pyOpenSSL; a
 self-test proves them at start, and if it fails pgtls logs one warning and
@@ -66,7 +67,7 @@ environment variable PGTLS_FAST_PATH=off, which wins) turns it off.
 
 Examples:
   twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls
-  twistd -n pgtls -D ./demo -p 6432 -c log_connections=on
+  twistd --nodaemon --pidfile= pgtls -D ./demo -p 6432 -c log_connections=on
 """
 
 
@@ -74,7 +75,9 @@ class Options(usage.Options):
     """Command line of ``twistd pgtls``."""
 
     synopsis = "[-D DIR] [-p PORT] [-h ADDRESSES] [-c NAME=VALUE ...]"
-    longdesc = _LONGDESC
+    # Empty, so that usage.Options does not wrap _LONGDESC into one paragraph
+    # (it runs the examples together); getUsage adds it as written.
+    longdesc = ""
 
     optParameters = [
         [
@@ -106,6 +109,11 @@ class Options(usage.Options):
         self["overrides"][name.strip()] = value
 
     opt_set = opt_c
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The options as Twisted lists them, then the description as written."""
+        usage_text: str = super().getUsage(width)
+        return f"{usage_text}\n{_LONGDESC}"
 
     def postOptions(self) -> None:
         if self["pgdata"] is None:
@@ -269,10 +277,13 @@ class ReloadService(Service):
             rules = load_hba(self.factory.settings, self.factory.tls)
         except hba.HbaError as error:
             # Both files are swapped together, so neither changes; the log
-            # names the one at fault, as PostgreSQL's does.
-            which = "pg_ident.conf" if "pg_ident" in os.path.basename(error.path) else "pg_hba.conf"
-            self.log.warn("{error}", error=str(error))
-            self.log.warn("{which} was not reloaded", which=which)
+            # has each bad line, then names the file at fault, as
+            # PostgreSQL's does.
+            errors = error.errors if isinstance(error, hba.HbaErrors) else (error,)
+            for each in errors:
+                self.log.warn("{error}", error=str(each))
+            for which in _not_reloaded(error):
+                self.log.warn("{which} was not reloaded", which=which)
         else:
             for warning in rules.warnings:
                 self.log.warn("{warning}", warning=warning)
@@ -288,6 +299,19 @@ class ReloadService(Service):
         return conf.reloaded(old, new)
 
 
+def _not_reloaded(error: hba.HbaError) -> list[str]:
+    """The files whose errors kept the rules in force, as PostgreSQL names them."""
+    if not isinstance(error, hba.HbaErrors):
+        return ["pg_hba.conf"]  # it could not be opened
+    files = ["pg_hba.conf"] if error.hba_errors else []
+    return files + (["pg_ident.conf"] if error.ident_errors else [])
+
+
+def _startup_exit(error: StartupError) -> SystemExit:
+    """One ``pgtls:`` line per error (several bad pg_hba.conf lines are each named)."""
+    return SystemExit("\n".join(f"pgtls: {line}" for line in str(error).split("\n")))
+
+
 def makeService(options: Options) -> MultiService:
     """Load the data directory (asking for a passphrase if needed) and build the server."""
     try:
@@ -295,7 +319,7 @@ def makeService(options: Options) -> MultiService:
             options["pgdata"], options["overrides"], ask_passphrase=terminal_passphrase
         )
     except StartupError as error:
-        raise SystemExit(f"pgtls: {error}") from None
+        raise _startup_exit(error) from None
     try:
         fast = fastpath.start(config.settings.fast_path, os.environ, fastpath.self_test)
     except ValueError as error:  # a bad PGTLS_FAST_PATH
@@ -313,7 +337,7 @@ def makeService(options: Options) -> MultiService:
             listen_descriptions(config.settings.listen_addresses, config.settings.port)
         metrics = metrics_service(reactor, config.settings)
     except StartupError as error:
-        raise SystemExit(f"pgtls: {error}") from None
+        raise _startup_exit(error) from None
     factory = FrontDoorFactory(
         config.settings,
         config.rules,

@@ -88,6 +88,7 @@ class Settings:
     smart_shutdown_timeout: float = 30.0
     metrics_listen: str = ""
     proxy_protocol_networks: tuple[IPNetwork, ...] = ()
+    so_reuseport: bool = False
     fast_path: bool = True
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
@@ -753,6 +754,8 @@ _PARAMS: tuple[_Param, ...] = (
         _show_networks,
         restart_only=False,
     ),
+    # PgBouncer's so_reuseport: several processes share the port.
+    _Param("pgtls.so_reuseport", "so_reuseport", _boolean, _show_bool),
     # The relay's fast path (pgtls.fastpath), decided once at start.
     _Param("pgtls.fast_path", "fast_path", _boolean, _show_bool),
 )

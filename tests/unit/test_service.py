@@ -1264,3 +1264,27 @@ def test_stop_service_after_a_shutdown_has_nothing_to_wait_for(datadir: Path) ->
     server.shutdown.stopService().addCallback(result.append)
     assert result == [None]
     assert server.reactor.stops == 1
+
+
+def test_make_service_decides_the_fast_path(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """makeService runs the fast path's self-test (it passes here), unless switched off."""
+    from pgtls import fastpath
+
+    monkeypatch.delenv("PGTLS_FAST_PATH", raising=False)
+    fastpath.set_on(False)
+    makeService(parse(["-D", str(datadir)]))
+    assert fastpath.on()
+    makeService(parse(["-D", str(datadir), "-c", "pgtls.fast_path=off"]))
+    assert not fastpath.on()
+    monkeypatch.setenv("PGTLS_FAST_PATH", "on")
+    makeService(parse(["-D", str(datadir), "-c", "pgtls.fast_path=off"]))
+    assert fastpath.on()
+
+
+def test_make_service_bad_fast_path_environment(
+    datadir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PGTLS_FAST_PATH that is not a boolean stops the start with one line."""
+    monkeypatch.setenv("PGTLS_FAST_PATH", "sometimes")
+    message = one_line_exit(lambda: makeService(parse(["-D", str(datadir)])))
+    assert message == 'pgtls: invalid value for environment variable PGTLS_FAST_PATH: "sometimes"'

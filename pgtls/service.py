@@ -27,8 +27,8 @@ from pgtls.frontdoor import FrontDoorFactory
 from pgtls.handover import Channel, HandoverService, ReadyService, no_terminal_passphrase
 from pgtls.listening import (
     ListenService,
+    configured_listen_descriptions,
     inherited_descriptions,
-    listen_descriptions,
 )
 from pgtls.loader import StartupError, load_hba, load_server_config
 from pgtls.metrics import metrics_service
@@ -347,7 +347,7 @@ def makeService(options: Options) -> MultiService:
         inherited = inherited_descriptions(reactor)
         if not inherited:
             # Resolve listen_addresses now, so a bad name stops the start here.
-            listen_descriptions(config.settings.listen_addresses, config.settings.port)
+            configured_listen_descriptions(config.settings)
         metrics = metrics_service(reactor, config.settings)
         if channel is not None and channel.metrics_fd is not None:
             # The metrics socket the old process served: ours, or closed if

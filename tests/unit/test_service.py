@@ -224,8 +224,8 @@ def test_unresolvable_name_is_a_startup_error(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(StartupError) as raised:
         listen_descriptions("127.0.0.1,no-such-host.invalid", 5432)
     assert str(raised.value) == (
-        'listen_addresses: could not translate host name "no-such-host.invalid": '
-        f"[Errno {socket.EAI_NONAME}] Name or service not known"
+        'listen_addresses: could not translate host name "no-such-host.invalid", '
+        'service "5432" to address: Name or service not known'
     )
 
 
@@ -353,7 +353,10 @@ def test_make_service_bad_port_override(datadir: Path) -> None:
 def test_make_service_unresolvable_listen_address(
     datadir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A listen address that does not resolve stops the start, before daemonizing."""
+    """
+    A listen address that does not resolve stops the start, before
+    daemonizing, at its source (``command line`` for -h), in PostgreSQL's words.
+    """
 
     def getaddrinfo(*args: Any, **kwargs: Any) -> Any:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
@@ -362,8 +365,30 @@ def test_make_service_unresolvable_listen_address(
     message = one_line_exit(
         lambda: makeService(parse(["-D", str(datadir), "-h", "no-such-host.invalid"]))
     )
-    assert message.startswith(
-        'pgtls: listen_addresses: could not translate host name "no-such-host.invalid"'
+    assert message == (
+        "pgtls: command line: listen_addresses: could not translate host name "
+        '"no-such-host.invalid", service "5432" to address: Name or service not known'
+    )
+
+
+def test_make_service_unresolvable_listen_address_names_its_line(
+    tmp_path: Path, server_cert: certs.Issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """listen_addresses set in postgresql.conf: the error names that file and line."""
+
+    def getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    datadir = write_datadir(
+        tmp_path / "data",
+        server_cert,
+        conf=["ssl = on", "port = 6543", "listen_addresses = 'nosuchhost.invalid'"],
+    )
+    message = one_line_exit(lambda: makeService(parse(["-D", str(datadir)])))
+    assert message == (
+        f"pgtls: {datadir / 'postgresql.conf'}:3: listen_addresses: could not translate host "
+        'name "nosuchhost.invalid", service "6543" to address: Name or service not known'
     )
 
 

@@ -113,6 +113,17 @@ class Options(usage.Options):
 
     opt_set = opt_c
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse as usage.Options does, but end a usage error with one line,
+        as ``postgres -x`` does: twistd would print its whole usage text and
+        then the error, so SystemExit (exit status 1) passes its handler by.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise SystemExit(f"pgtls: {error} (see twistd pgtls --help)") from None
+
     def getUsage(self, width: int | None = None) -> str:
         """The options as Twisted lists them, then the description as written."""
         usage_text: str = super().getUsage(width)

@@ -23,7 +23,6 @@ from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
-from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -124,13 +123,14 @@ def test_pgdata_environment(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_no_data_directory_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, pgdata: str | None
 ) -> None:
-    """Neither -D nor $PGDATA (or an empty one): a UsageError that says what to do."""
+    """Neither -D nor $PGDATA (or an empty one): one pgtls line that says what to do."""
     if pgdata is None:
         monkeypatch.delenv("PGDATA", raising=False)
     else:
         monkeypatch.setenv("PGDATA", pgdata)
-    with pytest.raises(usage.UsageError, match="no data directory: give -D DIR or set PGDATA"):
-        parse([])
+    assert one_line_exit(lambda: parse([])) == (
+        "pgtls: no data directory: give -D DIR or set PGDATA (see twistd pgtls --help)"
+    )
 
 
 def test_port_and_listen_addresses_are_overrides(datadir: Path) -> None:
@@ -164,9 +164,18 @@ def test_c_is_repeatable(datadir: Path) -> None:
 
 @pytest.mark.parametrize("assignment", ["log_connections", "=on", " =on"])
 def test_bad_c_is_a_usage_error(datadir: Path, assignment: str) -> None:
-    """-c without NAME=VALUE is a UsageError naming what was given."""
-    with pytest.raises(usage.UsageError, match="-c takes NAME=VALUE"):
-        parse(["-D", str(datadir), "-c", assignment])
+    """-c without NAME=VALUE is one pgtls line naming what was given."""
+    assert one_line_exit(lambda: parse(["-D", str(datadir), "-c", assignment])) == (
+        f"pgtls: -c takes NAME=VALUE, not {assignment!r} (see twistd pgtls --help)"
+    )
+
+
+@pytest.mark.parametrize("option", ["-x", "--bogus"])
+def test_unknown_option_is_one_line(datadir: Path, option: str) -> None:
+    """An option pgtls does not know: one pgtls line with Twisted's reason and a hint."""
+    assert one_line_exit(lambda: parse(["-D", str(datadir), option])) == (
+        f"pgtls: option {option} not recognized (see twistd pgtls --help)"
+    )
 
 
 # -- listen_addresses --------------------------------------------------------

@@ -47,7 +47,7 @@ from pgtls.relay import (
     upstream_endpoint,
 )
 from pgtls.relayreactor import dispatch_directly
-from pgtls.tlsctx import ServerTLS, TLSInfo, describe_connection
+from pgtls.tlsctx import NoApplicationProtocol, ServerTLS, TLSInfo, describe_connection
 
 __all__ = ["FrontDoor", "FrontDoorFactory"]
 
@@ -809,6 +809,8 @@ def _ssl_reason(reason: Failure) -> str:
     from OpenSSL import SSL
 
     value = reason.value
+    if isinstance(value, NoApplicationProtocol):
+        return value.reason
     if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
         for entry in value.args[0]:
             if len(entry) >= 3 and entry[2]:

@@ -115,19 +115,10 @@ _CONNECT_BUCKETS = (
 
 def refusal_reason(refusal: hba.Refusal) -> str:
     """
-    The ``reason`` label for a pg_hba.conf refusal: one of a few fixed
-    words, never the message, which names the host, user and database.
+    The ``reason`` label for a pg_hba.conf refusal: its kind's word, never
+    the message, which names the host, user and database.
     """
-    message = refusal.message
-    if message.startswith("no pg_hba.conf entry"):
-        return "no_hba_entry"
-    if message.startswith("pg_hba.conf rejects"):
-        return "hba_reject"
-    if message == "connection requires a valid client certificate":
-        return "client_cert_required"
-    if refusal.sqlstate == "F0000":
-        return "client_ca_missing"
-    return "cert_auth_failed"
+    return refusal.kind.value
 
 
 class Metrics:

@@ -336,10 +336,7 @@ class ReloadService(Service):
 
 def _not_reloaded(error: hba.HbaError) -> list[str]:
     """The files whose errors kept the rules in force, as PostgreSQL names them."""
-    if not isinstance(error, hba.HbaErrors):
-        return ["pg_hba.conf"]  # it could not be opened
-    files = ["pg_hba.conf"] if error.hba_errors else []
-    return files + (["pg_ident.conf"] if error.ident_errors else [])
+    return [source.value for source in error.sources]
 
 
 def makeService(options: Options) -> MultiService:

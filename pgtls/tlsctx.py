@@ -161,13 +161,16 @@ class NoApplicationProtocol(SSL.Error):
 
     Raised from the ALPN callback, which makes OpenSSL abort the handshake
     with the no_application_protocol alert (PostgreSQL 17's alpn_cb); the
-    handshake then fails with this exception.  Its ``args`` follow pyOpenSSL's
-    error-queue shape, so code that reads an ``SSL.Error``'s reason (Twisted's
-    TLS layer, the shell's log line) sees ``no application protocol``.
+    handshake then fails with this exception.  ``reason`` is what the shell
+    logs and counts for it, OpenSSL's text for that alert.  ``args`` keep
+    the shape of pyOpenSSL's error queue because Twisted's TLS layer unpacks
+    every ``SSL.Error`` that way (tls.py _representsEOF).
     """
 
+    reason = "no application protocol"
+
     def __init__(self, offered: list[bytes]) -> None:
-        super().__init__([("SSL routines", "", "no application protocol")])
+        super().__init__([("SSL routines", "", self.reason)])
         self.offered = offered
 
 

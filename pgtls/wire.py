@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
+from pgtls.pgfiles import parse_bool
+
 __all__ = [
     "CANCEL_REQUEST_CODE",
     "GSSENC_REQUEST_CODE",
@@ -754,20 +756,6 @@ def _parse_parameters(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(pairs)
 
 
-# PostgreSQL's boolean words: any case-insensitive prefix at least this long.
-_BOOLEAN_WORDS: Final = (
-    (b"true", True, 1),
-    (b"false", False, 1),
-    (b"yes", True, 1),
-    (b"no", False, 1),
-    # "o" alone could be either.
-    (b"on", True, 2),
-    (b"off", False, 2),
-    (b"1", True, 1),
-    (b"0", False, 1),
-)
-
-
 def _parse_bool(value: bytes) -> bool | None:
     """
     Read a boolean the way PostgreSQL's parse_bool does.
@@ -775,8 +763,6 @@ def _parse_bool(value: bytes) -> bool | None:
     :param value: the raw parameter value.
     :return: the boolean, or None if PostgreSQL would refuse the value.
     """
-    lowered = value.lower()
-    for word, result, shortest in _BOOLEAN_WORDS:
-        if len(lowered) >= shortest and word.startswith(lowered):
-            return result
-    return None
+    # Latin-1 maps each byte to one character, so a byte that is not ASCII
+    # stays a character that no boolean word contains.
+    return parse_bool(value.decode("latin-1"))

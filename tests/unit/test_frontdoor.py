@@ -39,7 +39,7 @@ from pgtls.hba import ClientCert
 from pgtls.loader import load_server_config
 from pgtls.relay import CANCEL_TIMEOUT
 from pgtls.relayreactor import is_direct
-from pgtls.tlsctx import TLSInfo
+from pgtls.tlsctx import NoApplicationProtocol, TLSInfo
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -1193,6 +1193,17 @@ def test_handshake_failure_is_logged_with_openssl_reason(door: Door) -> None:
     with capturedLogs() as events:
         conn.lost(SSL.Error([("SSL routines", "", "certificate verify failed")]))
     assert "could not accept SSL connection: certificate verify failed (host=192.0.2.7)" in texts(
+        events
+    )
+
+
+def test_alpn_abort_is_logged_with_its_typed_reason(door: Door) -> None:
+    """A handshake the ALPN callback aborted logs the reason the exception carries."""
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    with capturedLogs() as events:
+        conn.lost(NoApplicationProtocol([b"h2"]))
+    assert "could not accept SSL connection: no application protocol (host=192.0.2.7)" in texts(
         events
     )
 

@@ -27,8 +27,8 @@ from pgtls.frontdoor import FrontDoorFactory
 from pgtls.handover import Channel, HandoverService, ReadyService, no_terminal_passphrase
 from pgtls.listening import (
     ListenService,
+    configured_listen_descriptions,
     inherited_descriptions,
-    listen_descriptions,
 )
 from pgtls.loader import StartupError, load_hba, load_server_config
 from pgtls.metrics import metrics_service
@@ -117,6 +117,17 @@ class Options(usage.Options):
         self["overrides"][name.strip()] = value
 
     opt_set = opt_c
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse as usage.Options does, but end a usage error with one line,
+        as ``postgres -x`` does: twistd would print its whole usage text and
+        then the error, so SystemExit (exit status 1) passes its handler by.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise SystemExit(f"pgtls: {error} (see twistd pgtls --help)") from None
 
     def getUsage(self, width: int | None = None) -> str:
         """The options as Twisted lists them, then the description as written."""
@@ -364,7 +375,7 @@ def makeService(options: Options) -> MultiService:
         inherited = inherited_descriptions(reactor)
         if not inherited:
             # Resolve listen_addresses now, so a bad name stops the start here.
-            listen_descriptions(config.settings.listen_addresses, config.settings.port)
+            configured_listen_descriptions(config.settings)
         metrics = metrics_service(reactor, config.settings)
         if channel is not None and channel.metrics_fd is not None:
             # The metrics socket the old process served: ours, or closed if

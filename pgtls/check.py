@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from cryptography import x509
 
 from pgtls import conf
+from pgtls.listening import configured_listen_descriptions
 from pgtls.loader import ServerConfig, load_server_config
 from pgtls.upstreamcheck import probe_upstream
 
@@ -35,6 +36,8 @@ def check_report(
     config = load_server_config(
         os.path.abspath(data_directory), overrides, ask_passphrase=ask_passphrase
     )
+    # As the server does before it listens: a name that does not resolve.
+    configured_listen_descriptions(config.settings)
     lines = ["settings:"]
     lines += [f"  {name} = {value}" for name, value in conf.describe(config.settings)]
     for notice in config.settings.notices:

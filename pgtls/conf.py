@@ -97,6 +97,7 @@ class Settings:
     metrics_listen: str = ""
     proxy_protocol_networks: tuple[IPNetwork, ...] = ()
     so_reuseport: bool = False
+    fast_path: bool = True
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
     raw_values: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -690,6 +691,8 @@ _PARAMS: tuple[_Param, ...] = (
     ),
     # PgBouncer's so_reuseport: several processes share the port.
     _Param("pgtls.so_reuseport", "so_reuseport", _boolean, _show_bool),
+    # The relay's fast path (pgtls.fastpath), decided once at start.
+    _Param("pgtls.fast_path", "fast_path", _boolean, _show_bool),
 )
 _BY_NAME = {param.name: param for param in _PARAMS}
 _FILE_PARAMS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")

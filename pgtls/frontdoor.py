@@ -794,9 +794,18 @@ class FrontDoor(Protocol):
         }
         # str.format writes the text at once; Twisted's formatter would take
         # its template apart in Python, field by field, for every connection.
-        summary = (_SUMMARY_SSL if info else _SUMMARY_PLAIN).format(**fields)
+        template = _SUMMARY_SSL if info else _SUMMARY_PLAIN
+        if startup is None:
+            # No StartupMessage: the text shows the names as PostgreSQL's
+            # log_line_prefix shows missing ones (%u, %d); JSON keeps null.
+            summary = template.format(**{**fields, "user": _UNKNOWN, "database": _UNKNOWN})
+        else:
+            summary = template.format(**fields)
         self.log.info("session {summary}", summary=summary, **fields)
 
+
+#: What the session line's text shows for a name the client never sent.
+_UNKNOWN = "[unknown]"
 
 _SUMMARY_FIELDS = (
     "outcome={outcome} bytes_up={bytes_up} bytes_down={bytes_down} "

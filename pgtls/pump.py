@@ -22,21 +22,23 @@ one, or OpenSSL reports anything but "needs more bytes", the read goes to
 the transport's own ``doRead`` or the TLS layer's own handling, which meets
 the same condition and deals with it as it always does.
 
-This leans on pyOpenSSL's internals (``OpenSSL._util``'s binding and a
-Connection's ``_ssl`` and BIOs) and Twisted's (a transport's ``doRead``,
-the TLS layer's ``_flushReceiveBIO``); the unit tests pin each of them.
+This leans on pyOpenSSL's internals (its binding of OpenSSL's calls and a
+Connection's ``_ssl`` and BIOs) and Twisted's (the TLS layer's state); it
+reaches them only through :mod:`pgtls._internals`, and runs only when
+:mod:`pgtls.fastpath` found them working at start.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
 from twisted.internet import main
 from twisted.internet.tcp import Connection
 
-from pgtls.fastwrite import send_or_queue, tls_ready
+from pgtls import _internals, fastpath
+from pgtls._internals import ffi as _ffi
+from pgtls._internals import lib as _lib
+from pgtls._internals import send_or_queue, tls_read_again, tls_ready
 from pgtls.relayreactor import dispatch_directly
 
 __all__ = ["Pump", "start"]
@@ -50,16 +52,18 @@ _RECORDS = 2**17
 
 # Buffers shared by every session: the process is single-threaded and a
 # buffer's bytes are sent, or copied into a queue, before the next read.
-_PLAIN = _ffi.new("char[]", _READ)
-_SEALED = _ffi.new("char[]", _RECORDS)
 _CLIENT = bytearray(_READ)
 _CLIENT_VIEW = memoryview(_CLIENT)
-_CLIENT_PTR = _ffi.from_buffer(_CLIENT)
 _UPSTREAM = bytearray(_READ)
 _UPSTREAM_VIEW = memoryview(_UPSTREAM)
-_UPSTREAM_PTR = _ffi.from_buffer(_UPSTREAM)
-_WANT_READ = _lib.SSL_ERROR_WANT_READ
-_NULL = _ffi.NULL
+_WANT_READ = _internals.WANT_READ
+_NULL = _internals.NULL
+# Without the binding the fast path is off and no Pump is made.
+if _ffi is not None:
+    _PLAIN = _ffi.new("char[]", _READ)
+    _SEALED = _ffi.new("char[]", _RECORDS)
+    _CLIENT_PTR = _ffi.from_buffer(_CLIENT)
+    _UPSTREAM_PTR = _ffi.from_buffer(_UPSTREAM)
 
 
 def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pump | None:
@@ -71,13 +75,15 @@ def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pum
     :param up_counter: has ``bytes_up``, the plaintext bytes sent upstream.
     :param down_counter: has ``bytes_down``, the bytes relayed to the client.
     :return: the pump, to :meth:`Pump.stop` when the session stops relaying;
-        None when the transports are not socket transports, so the
-        session stays on Twisted's path.
+        None when the fast path is off or the transports are not socket
+        transports, so the session stays on Twisted's path.
     """
+    if not fastpath.on():
+        return None
     if not isinstance(client, Connection) or not isinstance(upstream, Connection):
         return None
     tls = client.protocol if getattr(client, "TLS", False) else None
-    if tls is not None and getattr(tls, "_tlsConnection", None) is None:
+    if tls is not None and not _internals.has_tls_connection(tls):
         return None
     return Pump(client, tls, upstream, up_counter, down_counter)
 
@@ -108,11 +114,7 @@ class Pump:
         if tls is None:
             self.ssl = self.into_ssl = self.from_ssl = None
         else:
-            connection = tls._tlsConnection
-            _renew_bios(connection)
-            self.ssl = connection._ssl
-            self.into_ssl = connection._into_ssl
-            self.from_ssl = connection._from_ssl
+            self.ssl, self.into_ssl, self.from_ssl = _internals.tls_handles(tls)
         client.doRead = self.client_read
         upstream.doRead = self.upstream_read
         dispatch_directly(client)
@@ -159,7 +161,7 @@ class Pump:
         if _lib.SSL_get_error(ssl, size) != _WANT_READ:
             # close_notify, or a broken session: the TLS layer reads again,
             # meets the same and ends the connection its own way.
-            self.tls._flushReceiveBIO()
+            tls_read_again(self.tls)
             return
         # What reading made OpenSSL answer (a KeyUpdate, say) goes out now;
         # there is seldom any, and asking costs less than a read that fails.
@@ -213,33 +215,3 @@ class Pump:
             send_or_queue(self.client, _ffi.buffer(_SEALED, size), raw.write)
             if size < _RECORDS:
                 return  # a memory BIO gives all it holds: it is empty now
-
-
-def _renew_bios(connection: Any) -> None:
-    """
-    Give the session new, empty memory BIOs, moving over any bytes waiting
-    in the old ones.
-
-    A memory BIO keeps the largest buffer it ever held; after the handshake
-    that is the flights of both sides, about 4 KiB per session that an idle
-    session would otherwise carry to its end.
-    """
-    ssl = connection._ssl
-    into_ssl = _fresh_bio(connection._into_ssl)
-    from_ssl = _fresh_bio(connection._from_ssl)
-    # The SSL object owns its BIOs: this frees the old two.
-    _lib.SSL_set_bio(ssl, into_ssl, from_ssl)
-    connection._into_ssl = into_ssl
-    connection._from_ssl = from_ssl
-
-
-def _fresh_bio(old: Any) -> Any:
-    """A new memory BIO holding what is left in ``old`` (which stays as it was)."""
-    bio = _lib.BIO_new(_lib.BIO_s_mem())
-    if bio == _ffi.NULL:
-        raise MemoryError("BIO_new")
-    while True:
-        size = _lib.BIO_read(old, _SEALED, _RECORDS)
-        if size <= 0:
-            return bio
-        _lib.BIO_write(bio, _SEALED, size)

@@ -891,6 +891,22 @@ def test_authentication_timeout_closes_silently(tmp_path: Path, pki: Pki) -> Non
     assert (summary["log_format"], summary["outcome"]) == ("session {summary}", "timeout")
 
 
+def test_session_line_without_startup_shows_unknown_names(tmp_path: Path, pki: Pki) -> None:
+    """
+    No StartupMessage: the text shows ``user=[unknown] database=[unknown]``,
+    as PostgreSQL's log_line_prefix shows missing names; the fields stay None.
+    """
+    door = make_door(tmp_path, pki, settings=["authentication_timeout = 5s"])
+    conn = door.connect()
+    with capturedLogs() as events:
+        door.reactor.advance(5)
+        conn.lost()
+    (summary,) = [e for e in events if e["log_format"] == "session {summary}"]
+    assert (summary["user"], summary["database"]) == (None, None)
+    assert " user=[unknown] database=[unknown] " in summary["summary"]
+    assert "None" not in formatEvent(summary)
+
+
 def test_authentication_timeout_during_the_handshake(door: Door) -> None:
     """After S, a handshake that never ends is cut at the timeout, not logged as an SSL error."""
     conn = door.connect()

@@ -617,14 +617,12 @@ class FrontDoor(Protocol):
             self.transport.write(upstream.pending)
             upstream.pending = b""
         if upstream.tls:
-            # A TLS leg relays through Twisted's TLS layer: its socket carries
-            # only records, never the plaintext the pump would send there.
+            # Through the leg's TLS layer: its socket carries only records.
             if first:
                 upstream.transport.write(first)
-        else:
-            if first:
-                send_or_queue(upstream.transport, first, upstream.transport.write)
-            self.pump = start_pump(self.transport, upstream.transport, self, upstream)
+        elif first:
+            send_or_queue(upstream.transport, first, upstream.transport.write)
+        self.pump = start_pump(self.transport, upstream.transport, self, upstream)
         self.transport.resumeProducing()
 
     def upstream_lost(self, reason: Failure) -> None:

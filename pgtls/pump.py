@@ -10,10 +10,14 @@ that cost is paid on every query.
 A :class:`Pump` replaces only the hot step.  Once the session is relayed it
 puts its own ``doRead`` on the client's and the upstream's transports (what
 the reactor calls when a socket is readable), which reads the socket into a
-buffer shared by every session, decrypts or encrypts with OpenSSL's calls
+buffer shared by every session, decrypts what the side that read is
+encrypted with (the client's TLS, and the upstream's when the upstream leg
+is TLS too) and encrypts for the other side, with OpenSSL's calls
 (pyOpenSSL's own binding of them), and sends the result to the other socket
 at once, through :func:`pgtls.fastwrite.send_or_queue`: straight to an idle
-socket, else into Twisted's queue behind what waits there.
+socket, else into Twisted's queue behind what waits there.  Both legs on
+TLS cost two decryptions and two encryptions per round trip, and no more
+Python than one.
 
 Everything else stays Twisted's: the transports, their queues and the
 producers that pause a side whose peer reads slowly, closing, the TLS
@@ -71,9 +75,10 @@ def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pum
     Put the fast path on a relayed session's two transports.
 
     :param client: the client's socket transport, TLS or not.
-    :param upstream: the upstream's socket transport (no TLS).
+    :param upstream: the upstream's socket transport, TLS or not.
     :param up_counter: has ``bytes_up``, the plaintext bytes sent upstream.
-    :param down_counter: has ``bytes_down``, the bytes relayed to the client.
+    :param down_counter: has ``bytes_down``, the plaintext bytes relayed to
+        the client.
     :return: the pump, to :meth:`Pump.stop` when the session stops relaying;
         None when the fast path is off or the transports are not socket
         transports, so the session stays on Twisted's path.
@@ -82,39 +87,47 @@ def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pum
         return None
     if not isinstance(client, Connection) or not isinstance(upstream, Connection):
         return None
-    tls = client.protocol if getattr(client, "TLS", False) else None
-    if tls is not None and not _internals.has_tls_connection(tls):
-        return None
-    return Pump(client, tls, upstream, up_counter, down_counter)
+    client_tls = client.protocol if getattr(client, "TLS", False) else None
+    upstream_tls = upstream.protocol if getattr(upstream, "TLS", False) else None
+    for tls in (client_tls, upstream_tls):
+        if tls is not None and not _internals.has_tls_connection(tls):
+            return None
+    return Pump(client, client_tls, upstream, up_counter, down_counter, upstream_tls)
+
+
+class _Side:
+    """One leg of a relayed session: its socket transport and, if TLS, OpenSSL's handles."""
+
+    __slots__ = ("from_ssl", "into_ssl", "ssl", "tls", "transport")
+
+    def __init__(self, transport: Any, tls: Any) -> None:
+        self.transport = transport
+        self.tls = tls
+        if tls is None:
+            self.ssl = self.into_ssl = self.from_ssl = None
+        else:
+            self.ssl, self.into_ssl, self.from_ssl = _internals.tls_handles(tls)
 
 
 class Pump:
     """The fast path of one relayed session; see the module's text."""
 
     # Every idle session keeps one.
-    __slots__ = (
-        "client",
-        "down_counter",
-        "from_ssl",
-        "into_ssl",
-        "ssl",
-        "tls",
-        "up_counter",
-        "upstream",
-    )
+    __slots__ = ("client", "down_counter", "up_counter", "upstream")
 
     def __init__(
-        self, client: Any, tls: Any, upstream: Any, up_counter: Any, down_counter: Any
+        self,
+        client: Any,
+        client_tls: Any,
+        upstream: Any,
+        up_counter: Any,
+        down_counter: Any,
+        upstream_tls: Any = None,
     ) -> None:
-        self.client = client
-        self.tls = tls
-        self.upstream = upstream
+        self.client = _Side(client, client_tls)
+        self.upstream = _Side(upstream, upstream_tls)
         self.up_counter = up_counter
         self.down_counter = down_counter
-        if tls is None:
-            self.ssl = self.into_ssl = self.from_ssl = None
-        else:
-            self.ssl, self.into_ssl, self.from_ssl = _internals.tls_handles(tls)
         client.doRead = self.client_read
         upstream.doRead = self.upstream_read
         dispatch_directly(client)
@@ -122,96 +135,104 @@ class Pump:
 
     def stop(self) -> None:
         """Give both transports back their own ``doRead`` and the reactor's usual dispatch."""
-        for transport in (self.client, self.upstream):
-            transport.__dict__.pop("doRead", None)
-            dispatch_directly(transport, False)
-
-    # -- client to upstream -------------------------------------------------
+        for side in (self.client, self.upstream):
+            side.transport.__dict__.pop("doRead", None)
+            dispatch_directly(side.transport, False)
 
     def client_read(self) -> object:
-        """The client's socket is readable: relay what it sent, decrypted."""
-        client = self.client
-        if self.tls is not None and not tls_ready(self.tls):
-            return type(client).doRead(client)
+        """The client's socket is readable: relay what it sent to the upstream."""
+        return self._read(self.client, self.upstream, _CLIENT, _CLIENT_VIEW, _CLIENT_PTR, True)
+
+    def upstream_read(self) -> object:
+        """The upstream's socket is readable: relay what it sent to the client."""
+        return self._read(
+            self.upstream, self.client, _UPSTREAM, _UPSTREAM_VIEW, _UPSTREAM_PTR, False
+        )
+
+    def _count(self, up: bool, size: int) -> None:
+        if up:
+            self.up_counter.bytes_up += size
+        else:
+            self.down_counter.bytes_down += size
+
+    def _read(
+        self,
+        side: _Side,
+        other: _Side,
+        buffer: bytearray,
+        view: memoryview,
+        pointer: Any,
+        up: bool,
+    ) -> object:
+        transport = side.transport
+        if side.tls is not None and not tls_ready(side.tls):
+            return type(transport).doRead(transport)
         try:
-            size = client.socket.recv_into(_CLIENT)
+            size = transport.socket.recv_into(buffer)
         except BlockingIOError:
             return None
         except OSError:
             return main.CONNECTION_LOST
         if not size:
             return main.CONNECTION_DONE
-        if self.tls is None:
-            self.up_counter.bytes_up += size
-            send_or_queue(self.upstream, _CLIENT_VIEW[:size], self.upstream.write)
+        if side.tls is None:
+            self._count(up, size)
+            self._send(other, view[:size], pointer, size)
         else:
-            self._decrypt(size)
+            self._decrypt(side, other, pointer, size, up)
         return None
 
-    def _decrypt(self, received: int) -> None:
-        ssl = self.ssl
+    def _decrypt(self, side: _Side, other: _Side, received: Any, count: int, up: bool) -> None:
+        ssl = side.ssl
         # A memory BIO takes all it is given (a copy).
-        _lib.BIO_write(self.into_ssl, _CLIENT_PTR, received)
+        _lib.BIO_write(side.into_ssl, received, count)
         while True:
             size = _lib.SSL_read(ssl, _PLAIN, _READ)
             if size <= 0:
                 break
-            self.up_counter.bytes_up += size
-            send_or_queue(self.upstream, _ffi.buffer(_PLAIN, size), self.upstream.write)
+            self._count(up, size)
+            self._send(other, _ffi.buffer(_PLAIN, size), _PLAIN, size)
         if _lib.SSL_get_error(ssl, size) != _WANT_READ:
             # close_notify, or a broken session: the TLS layer reads again,
             # meets the same and ends the connection its own way.
-            tls_read_again(self.tls)
+            tls_read_again(side.tls)
             return
         # What reading made OpenSSL answer (a KeyUpdate, say) goes out now;
         # there is seldom any, and asking costs less than a read that fails.
-        if _lib.BIO_get_mem_data(self.from_ssl, _NULL) > 0:
-            self._send_records()
+        if _lib.BIO_get_mem_data(side.from_ssl, _NULL) > 0:
+            self._send_records(side)
 
-    # -- upstream to client -------------------------------------------------
-
-    def upstream_read(self) -> object:
-        """The upstream's socket is readable: relay what it sent, encrypted."""
-        upstream = self.upstream
-        try:
-            size = upstream.socket.recv_into(_UPSTREAM)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return main.CONNECTION_LOST
-        if not size:
-            return main.CONNECTION_DONE
-        self.down_counter.bytes_down += size
-        client = self.client
-        if self.tls is None:
-            send_or_queue(client, _UPSTREAM_VIEW[:size], client.write)
-        elif not tls_ready(self.tls):
-            client.write(bytes(_UPSTREAM_VIEW[:size]))
+    def _send(self, other: _Side, data: Any, pointer: Any, size: int) -> None:
+        """Send plaintext to the other side: as it is, or encrypted for its TLS."""
+        transport = other.transport
+        if other.tls is None:
+            send_or_queue(transport, data, transport.write)
+        elif not tls_ready(other.tls):
+            transport.write(bytes(data))
         else:
-            self._encrypt(size)
-        return None
+            self._encrypt(other, data, pointer, size)
 
-    def _encrypt(self, size: int) -> None:
-        ssl = self.ssl
+    def _encrypt(self, side: _Side, data: Any, pointer: Any, size: int) -> None:
+        ssl = side.ssl
         done = 0
         while done < size:
-            written = _lib.SSL_write(ssl, _UPSTREAM_PTR + done, min(_RECORD, size - done))
+            written = _lib.SSL_write(ssl, pointer + done, min(_RECORD, size - done))
             if written <= 0:
                 # The records made so far go first; the TLS layer's write
                 # meets OpenSSL's complaint and ends the session its way.
-                self._send_records()
-                self.client.write(bytes(_UPSTREAM_VIEW[done:size]))
+                self._send_records(side)
+                side.transport.write(bytes(memoryview(data)[done:size]))
                 return
             done += written
-        self._send_records()
+        self._send_records(side)
 
-    def _send_records(self) -> None:
-        """Send the records waiting in the send BIO, or queue them in order."""
-        raw = self.tls.transport
+    def _send_records(self, side: _Side) -> None:
+        """Send the records waiting in the side's send BIO, or queue them in order."""
+        raw = side.tls.transport
         while True:
-            size = _lib.BIO_read(self.from_ssl, _SEALED, _RECORDS)
+            size = _lib.BIO_read(side.from_ssl, _SEALED, _RECORDS)
             if size <= 0:
                 return
-            send_or_queue(self.client, _ffi.buffer(_SEALED, size), raw.write)
+            send_or_queue(side.transport, _ffi.buffer(_SEALED, size), raw.write)
             if size < _RECORDS:
                 return  # a memory BIO gives all it holds: it is empty now

@@ -298,6 +298,27 @@ def test_make_service_logs_rule_warnings_and_notices(
     assert any(line.startswith(f"{datadir / 'pg_hba.conf'}:1: ") for line in lines), lines
 
 
+def test_make_service_warns_of_a_remote_upstream_without_tls(
+    tmp_path: Path, server_cert: certs.Issued
+) -> None:
+    """A TCP upstream off this machine with sslmode below require: one warning at start."""
+    datadir = write_datadir(
+        tmp_path / "data",
+        server_cert,
+        conf=["ssl = off", "pgtls.upstream = 'host=192.0.2.10 port=5432'"],
+        hba=["host all all 0.0.0.0/0 trust"],
+    )
+    with capturedLogs() as events:
+        makeService(parse(["-D", str(datadir)]))
+    warned = [
+        line
+        for line in texts(events)
+        if "the upstream server 192.0.2.10:5432 is not on this machine" in line
+    ]
+    assert len(warned) == 1
+    assert "sslmode=prefer" in warned[0]
+
+
 def one_line_exit(top: Callable[[], object]) -> str:
     """The message of the SystemExit ``top()`` raises, checked to be one pgtls line."""
     with pytest.raises(SystemExit) as raised:

@@ -1,21 +1,18 @@
 """
-The one importer of Twisted's PROXY protocol parsers, which are private.
+Twisted's PROXY protocol parsers, read one header at a time.
 
 ``twisted.protocols.haproxy`` exports only ``proxyEndpoint``, a wrapper that
 would sit between the socket and every relayed message.  pgtls reads the
-header once, before the session, with the parsers that wrapper uses:
-``_v1parser.V1Parser``, ``_v2parser.V2Parser``, ``_info.ProxyInfo`` and
-``_exceptions.InvalidProxyHeader``.  Their one-shot ``parse`` class methods
-take a complete header; pgtls.proxyheader finds where the header ends and
-bounds its size, and calls the two functions here.
+header once, before the session, with the parsers that wrapper uses, which
+are private: :mod:`pgtls._internals` imports them (``V1Parser``,
+``V2Parser``, ``ProxyInfo``, ``InvalidProxyHeader``).  Their one-shot
+``parse`` class methods take a complete header; pgtls.proxyheader finds where
+the header ends and bounds its size, and calls the two functions here.
 """
 
 from __future__ import annotations
 
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._info import ProxyInfo
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
+from pgtls._internals import InvalidProxyHeader, ProxyInfo, V1Parser, V2Parser
 
 __all__ = ["V2_SIGNATURE", "InvalidProxyHeader", "ProxyInfo", "parse_v1", "parse_v2"]
 

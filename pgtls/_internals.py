@@ -23,6 +23,12 @@ The TLS primitives are not tied to the server side: :func:`tls_handles`,
 layers, client or server, so a session with TLS on both legs can decrypt
 and encrypt each the same way.
 
+The PROXY protocol reader (:mod:`pgtls._haproxy`) uses Twisted's parsers,
+which ``twisted.protocols.haproxy`` keeps private (it exports only
+``proxyEndpoint``, a wrapper that would sit under every relayed message):
+:class:`V1Parser`, :class:`V2Parser`, :class:`ProxyInfo` and
+:class:`InvalidProxyHeader`, re-exported here under their own names.
+
 Names used for every relayed message (``lib``, ``ffi``,
 :func:`send_or_queue`, :func:`tls_ready`) are bound once, at import.
 """
@@ -41,6 +47,10 @@ from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Connection
 from twisted.protocols import tls as twisted_tls
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._info import ProxyInfo
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.tls import (
     BufferingTLSTransport,
     TLSMemoryBIOFactory,
@@ -58,6 +68,10 @@ __all__ = [
     "IMPORT_ERROR",
     "NULL",
     "WANT_READ",
+    "InvalidProxyHeader",
+    "ProxyInfo",
+    "V1Parser",
+    "V2Parser",
     "close_reactor",
     "copied",
     "ffi",

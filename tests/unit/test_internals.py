@@ -27,6 +27,7 @@ PRIVATE = re.compile(
     r"OpenSSL\._util|\._tlsConnection|\._creatorCallable|\._createConnection|\._poller\b"
     r"|\._selectables|\._into_ssl|\._from_ssl|_get_default_clock|_newtls|_doReadOrWrite"
     r"|_flushReceiveBIO|_flushSendBIO|_handshakeDone|_appSendBuffer|_tempDataLen"
+    r"|twisted\.protocols\.haproxy\._"
 )
 
 # The sha256 (16 hex digits) of the source of each upstream function that
@@ -64,8 +65,19 @@ def digest(function: Any) -> str:
 def test_only_the_seam_touches_private_internals() -> None:
     """No module of pgtls but _internals names a private internal of Twisted or pyOpenSSL."""
     package = Path(_internals.__file__).parent
-    users = sorted(path.name for path in package.glob("*.py") if PRIVATE.search(path.read_text()))
+    users = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if PRIVATE.search(path.read_text())
+    )
     assert users == ["_internals.py"]
+
+
+def test_the_private_names_pattern_sees_each_kind_of_import() -> None:
+    """The check above would see a module that imports a private parser of Twisted's."""
+    assert PRIVATE.search("from twisted.protocols.haproxy._v2parser import V2Parser")
+    assert PRIVATE.search("import twisted.protocols.haproxy._info")
+    assert not PRIVATE.search("from twisted.protocols.haproxy import proxyEndpoint")
 
 
 def test_copied_upstream_bodies_are_the_reviewed_ones() -> None:

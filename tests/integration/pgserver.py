@@ -433,6 +433,27 @@ class PostgresServer:
             raise PostgresError(f"psql failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout.removesuffix("\n")
 
+    def run_until_exit(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        """
+        Run ``postgres -D`` on the stopped cluster in the foreground, as the
+        server's user, until it exits: for a start that must fail.  Its
+        output (stderr: the log, as no log file is set on the command line)
+        is in the result.
+        """
+        argv = [str(self._bindir / "postgres"), "-D", str(self.data_dir)]
+        if self._owner is not None:
+            argv = ["runuser", "-u", self._owner.pw_name, "--", *argv]
+        return subprocess.run(
+            argv,
+            cwd=self._base,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+            timeout=timeout,
+            check=False,
+        )
+
     # -- internals --------------------------------------------------------
 
     @staticmethod

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # The tests and the benchmark take free_port from here too.
+import psycopg
 from ports import free_port as free_port
 
 from pgtls import certs, fastpath
@@ -48,6 +49,22 @@ class Pki:
         certs.write_pem(f"{base}.crt", issued.cert)
         certs.write_key(f"{base}.key", issued.key)
         return f"{base}.crt", f"{base}.key"
+
+
+def connect_verified(
+    port: int, ca_file: Path, *, connect_timeout: int, **options: object
+) -> psycopg.Connection[tuple[object, ...]]:
+    """A psycopg session through pgtls on 127.0.0.1, TLS verified (verify-full) by ``ca_file``."""
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=port,
+        user="postgres",
+        dbname="postgres",
+        sslmode="verify-full",
+        sslrootcert=str(ca_file),
+        connect_timeout=connect_timeout,
+        **options,
+    )
 
 
 def make_datadir(

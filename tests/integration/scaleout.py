@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from pgtlsproc import REPO, TWISTD, PgtlsServer
+from pgtlsproc import REPO, TWISTD, PgtlsServer, connect_verified
 
 from pgtls import wire
 
@@ -68,15 +68,7 @@ class AppendLogServer(PgtlsServer):
 
 def connect(port: int, ca_file: Path) -> psycopg.Connection[tuple[object, ...]]:
     """A psycopg session through pgtls on 127.0.0.1, TLS verified against ``ca_file``."""
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=port,
-        user="postgres",
-        dbname="postgres",
-        sslmode="verify-full",
-        sslrootcert=str(ca_file),
-        connect_timeout=int(TIMEOUT),
-    )
+    return connect_verified(port, ca_file, connect_timeout=int(TIMEOUT))
 
 
 class ConnectLoop:

@@ -59,19 +59,7 @@ def postgres_start_errors(tmp_path: Path) -> list[tuple[int, str]]:
         postgres.stop()
         hba_file = postgres.data_dir / "pg_hba.conf"
         hba_file.write_text("\n".join(BAD) + "\n")
-        argv = [str(postgres.bindir / "postgres"), "-D", str(postgres.data_dir)]
-        if ROOT:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        done = subprocess.run(
-            argv,
-            cwd=postgres.base_dir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            start_new_session=True,
-            timeout=TIMEOUT * 3,
-            check=False,
-        )
+        done = postgres.run_until_exit(timeout=TIMEOUT * 3)
     assert done.returncode != 0
     assert "FATAL:  could not load pg_hba.conf" in done.stderr, done.stderr
     return postgres_errors(done.stderr, hba_file)

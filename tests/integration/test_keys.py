@@ -459,21 +459,10 @@ def test_no_terminal_names_the_key_as_postgresql_15_does(pgtls, pki: Pki, tmp_pa
         certs.write_key(str(key), pki.server.key, passphrase=SECRET.encode())
         with (postgres.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("ssl_key_file = 'server.key'\n")
-        argv = [str(postgres.bindir / "postgres"), "-D", str(postgres.data_dir)]
         if ROOT:
             owner = postgres.data_dir.stat()
             os.chown(key, owner.st_uid, owner.st_gid)
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        done = subprocess.run(
-            argv,
-            cwd=postgres.base_dir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            start_new_session=True,
-            timeout=TIMEOUT * 3,
-            check=False,
-        )
+        done = postgres.run_until_exit(timeout=TIMEOUT * 3)
     assert done.returncode != 0
     (fatal,) = re.findall(r"FATAL:  (could not load private key file .*)", done.stderr)
     prefix = 'could not load private key file "server.key": '

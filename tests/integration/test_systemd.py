@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pgtlsproc import REPO, TWISTD, PgtlsServer, Pki, free_port
+from pgtlsproc import REPO, TWISTD, PgtlsServer, Pki, connect_verified, free_port
 
 from pgtls import wire
 
@@ -46,16 +46,7 @@ def need(tool: str) -> str:
 
 def connect(port: int, pki: Pki, **options: object) -> psycopg.Connection[tuple[object, ...]]:
     """A psycopg session through pgtls on 127.0.0.1, TLS with full verification."""
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=port,
-        user="postgres",
-        dbname="postgres",
-        sslmode="verify-full",
-        sslrootcert=str(pki.ca_file),
-        connect_timeout=int(TIMEOUT),
-        **options,
-    )
+    return connect_verified(port, pki.ca_file, connect_timeout=int(TIMEOUT), **options)
 
 
 def raw_startup_answer(port: int) -> dict[str, str]:

@@ -277,6 +277,12 @@ def texts(events: Sequence[LogEvent]) -> list[str]:
     return [formatEvent(event) for event in events]
 
 
+def client_cert_tls(user: str, subject: str | None = None) -> TLSInfo:
+    """A TLS 1.3 session whose client sent a verified certificate, CN ``user``."""
+    cert = ClientCert(user, subject or f"CN={user}")
+    return TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, cert)
+
+
 def tls_session(door: Door) -> Conn:
     """A client past SSLRequest, ``S`` and the handshake."""
     conn = door.connect()
@@ -997,9 +1003,7 @@ def test_required_client_cert_missing_refuses_a_cancel_too(tmp_path: Path, pki: 
 def test_required_client_cert_present_is_admitted(tmp_path: Path, pki: Pki) -> None:
     """With a verified client certificate the session passes."""
     door = make_door(tmp_path, pki, client_ca=True)
-    door.tls_info = TLSInfo(
-        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("alice", "CN=alice")
-    )
+    door.tls_info = client_cert_tls("alice")
     conn = tls_session(door)
     conn.send(ALICE)
     assert door.accept_upstream().transport.value() == ALICE
@@ -1039,9 +1043,7 @@ def test_log_connections_cert_authenticated(tmp_path: Path, pki: Pki) -> None:
         settings=["log_connections = on"],
         hba=["host all bob 0.0.0.0/0 trust", "hostssl all all 0.0.0.0/0 cert"],
     )
-    door.tls_info = TLSInfo(
-        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("alice", "CN=alice,O=Test")
-    )
+    door.tls_info = client_cert_tls("alice", "CN=alice,O=Test")
     with capturedLogs() as events:
         conn = tls_session(door)
         conn.send(ALICE)
@@ -1065,9 +1067,7 @@ def test_log_connections_cert_authenticated_then_refused(tmp_path: Path, pki: Pk
         settings=["log_connections = on"],
         hba=["hostssl all all 0.0.0.0/0 cert"],
     )
-    door.tls_info = TLSInfo(
-        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("bob", "CN=bob")
-    )
+    door.tls_info = client_cert_tls("bob")
     with capturedLogs() as events:
         conn = tls_session(door)
         conn.send(ALICE)
@@ -1081,6 +1081,15 @@ def test_log_connections_cert_authenticated_then_refused(tmp_path: Path, pki: Pk
     assert lines[2].startswith("refused host=192.0.2.7 user=alice database=app: ")
 
 
+def authenticated_lines_of_admitted_alice(door: Door) -> list[str]:
+    """Alice's session is admitted and relayed; the ``authenticated`` lines it logged."""
+    with capturedLogs() as events:
+        conn = tls_session(door)
+        conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+    return [text for text in texts(events) if "authenticated" in text]
+
+
 @pytest.mark.parametrize(
     "line",
     ["hostssl all all 0.0.0.0/0 trust", "hostssl all all 0.0.0.0/0 trust clientcert=verify-full"],
@@ -1088,27 +1097,15 @@ def test_log_connections_cert_authenticated_then_refused(tmp_path: Path, pki: Pk
 def test_log_connections_trust_authenticates_no_one(tmp_path: Path, pki: Pki, line: str) -> None:
     """trust (with or without verify-full) calls no set_authn_id: no authenticated line."""
     door = make_door(tmp_path, pki, client_ca=True, settings=["log_connections = on"], hba=[line])
-    door.tls_info = TLSInfo(
-        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("alice", "CN=alice")
-    )
-    with capturedLogs() as events:
-        conn = tls_session(door)
-        conn.send(ALICE)
-    assert door.accept_upstream().transport.value() == ALICE
-    assert not [text for text in texts(events) if "authenticated" in text]
+    door.tls_info = client_cert_tls("alice")
+    assert authenticated_lines_of_admitted_alice(door) == []
 
 
 def test_cert_authenticated_not_logged_without_log_connections(tmp_path: Path, pki: Pki) -> None:
     """log_connections = off: no authenticated line either."""
     door = make_door(tmp_path, pki, client_ca=True, hba=["hostssl all all 0.0.0.0/0 cert"])
-    door.tls_info = TLSInfo(
-        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("alice", "CN=alice")
-    )
-    with capturedLogs() as events:
-        conn = tls_session(door)
-        conn.send(ALICE)
-    assert door.accept_upstream().transport.value() == ALICE
-    assert not [text for text in texts(events) if "authenticated" in text]
+    door.tls_info = client_cert_tls("alice")
+    assert authenticated_lines_of_admitted_alice(door) == []
 
 
 def test_log_connections_plaintext_with_application_name(tmp_path: Path, pki: Pki) -> None:

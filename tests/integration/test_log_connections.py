@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pgserver import ALICE_PASSWORD, PostgresServer
@@ -129,6 +130,15 @@ def postgres_ssl(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield server
 
 
+def assert_alice_in_order(lines: list[str], hba_file: Path) -> None:
+    """Alice's cert session logged received, authenticated (line 2), authorized, in order."""
+    alice = lines.index(
+        f'connection authenticated: identity="CN=alice,O=Test" method=cert ({hba_file}:2)'
+    )
+    assert lines[alice - 1].startswith("connection received: host=127.0.0.1 port=")
+    assert lines[alice + 1].startswith("connection authorized: user=alice database=postgres")
+
+
 def test_connection_authenticated_as_postgresql_logs_it(
     pgtls, pki: Pki, postgres_ssl: PostgresServer, certificates: list[tuple[str, str]]
 ) -> None:
@@ -148,17 +158,5 @@ def test_connection_authenticated_as_postgresql_logs_it(
 
     # Order per connection: received, authenticated, authorized (pgtls's
     # start-up probe and PostgreSQL's own control sessions aside).
-    lines = connection_lines(log)
-    alice = lines.index(
-        'connection authenticated: identity="CN=alice,O=Test" method=cert '
-        f"({server.datadir / 'pg_hba.conf'}:2)"
-    )
-    assert lines[alice - 1].startswith("connection received: host=127.0.0.1 port=")
-    assert lines[alice + 1].startswith("connection authorized: user=alice database=postgres")
-    pg_lines = connection_lines(pg_log)
-    pg_alice = pg_lines.index(
-        'connection authenticated: identity="CN=alice,O=Test" method=cert '
-        f"({postgres_ssl.data_dir / 'pg_hba.conf'}:2)"
-    )
-    assert pg_lines[pg_alice - 1].startswith("connection received: host=127.0.0.1 port=")
-    assert pg_lines[pg_alice + 1].startswith("connection authorized: user=alice database=postgres")
+    assert_alice_in_order(connection_lines(log), server.datadir / "pg_hba.conf")
+    assert_alice_in_order(connection_lines(pg_log), postgres_ssl.data_dir / "pg_hba.conf")

@@ -52,8 +52,16 @@ pgtls.upstream in DIR/postgresql.conf.
 The data directory holds postgresql.conf (PostgreSQL syntax), server.crt and
 server.key (when ssl = on), optionally root.crt (client certificates are then
 required) and root.crl, pg_hba.conf and pg_ident.conf. `pgtls init DIR` writes
-a working one. The SSL files, ssl, port and listen_addresses are read only at
-start; SIGHUP re-reads pg_hba.conf, pg_ident.conf and the reloadable settings.
+a working one. SIGHUP re-reads pg_hba.conf, pg_ident.conf and the settings
+authentication_timeout, log_connections, log_disconnections,
+pgtls.smart_shutdown_timeout and pgtls.proxy_protocol_networks; the SSL files
+and every other setting are read only at start.
+
+pgtls.upstream takes libpq's TLS keywords (sslmode, sslrootcert, sslcert ...)
+for a verified TLS upstream leg. pgtls.proxy_protocol_networks names the load
+balancers whose connections begin with a PROXY protocol header (v1 or v2).
+pgtls.so_reuseport = on lets several pgtls processes share the port.
+pgtls.metrics_listen (a Twisted endpoint string) serves Prometheus metrics.
 
 A passphrase-protected server.key is asked for on the terminal before twistd
 daemonizes, unless ssl_passphrase_command is set.

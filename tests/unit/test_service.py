@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import socket
 import time
@@ -26,7 +27,7 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pgtls import certs, wire
+from pgtls import certs, conf, wire
 from pgtls.conf import Settings
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.listening import ListenService, inherited_descriptions, listen_descriptions
@@ -84,6 +85,13 @@ def test_data_directory_option(datadir: Path) -> None:
     options = parse(["-D", str(datadir)])
     assert options["pgdata"] == str(datadir)
     assert options["overrides"] == {}
+
+
+def test_help_names_every_reloadable_setting() -> None:
+    """``twistd pgtls --help`` names the settings SIGHUP applies, as conf.py has them."""
+    sighup = " ".join(str(Options()).split()).split("SIGHUP re-reads ")[1].split(";")[0]
+    named = set(re.findall(r"[a-z_.]+", sighup)) & set(conf._BY_NAME)
+    assert named == set(conf._BY_NAME) - conf.RESTART_ONLY
 
 
 def test_help_keeps_paragraphs_and_examples_on_their_own_lines() -> None:

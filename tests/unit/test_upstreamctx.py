@@ -160,16 +160,23 @@ def test_start_warning_for_a_remote_upstream_without_tls(text: str, warned: bool
         assert "use sslmode=verify-full" in warnings[0]
 
 
+def start_error(datadir: Path, conf: str) -> str:
+    """The start-up error of a data directory with this postgresql.conf."""
+    (datadir / "postgresql.conf").write_text(conf)
+    (datadir / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    (datadir / "pg_ident.conf").write_text("")
+    with pytest.raises(StartupError) as caught:
+        load_server_config(str(datadir))
+    return str(caught.value)
+
+
 def test_start_error_names_the_line(tmp_path: Path) -> None:
     """A file error in pgtls.upstream is a start-up error at postgresql.conf:line."""
-    (tmp_path / "postgresql.conf").write_text(
-        "port = 6432\npgtls.upstream = 'host=db sslmode=verify-full sslrootcert=missing.crt'\n"
+    message = start_error(
+        tmp_path,
+        "port = 6432\npgtls.upstream = 'host=db sslmode=verify-full sslrootcert=missing.crt'\n",
     )
-    (tmp_path / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
-    (tmp_path / "pg_ident.conf").write_text("")
-    with pytest.raises(StartupError) as caught:
-        load_server_config(str(tmp_path))
-    assert str(caught.value).startswith(
+    assert message.startswith(
         f'{tmp_path}/postgresql.conf:2: invalid value for parameter "pgtls.upstream": '
         f'root certificate file "{tmp_path}/missing.crt" does not exist'
     )
@@ -231,14 +238,8 @@ def test_probe_tcp_n_and_silence(tmp_path: Path) -> None:
 
 def test_bad_upstream_value_hides_sslpassword(tmp_path: Path) -> None:
     """A start-up error that shows pgtls.upstream's text never shows its sslpassword."""
-    (tmp_path / "postgresql.conf").write_text(
-        "pgtls.upstream = 'host=db sslpassword=hunter2 sslmode=bogus'\n"
-    )
-    (tmp_path / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
-    (tmp_path / "pg_ident.conf").write_text("")
-    with pytest.raises(StartupError) as caught:
-        load_server_config(str(tmp_path))
-    message = str(caught.value)
+    conf = "pgtls.upstream = 'host=db sslpassword=hunter2 sslmode=bogus'\n"
+    message = start_error(tmp_path, conf)
     assert f"{tmp_path}/postgresql.conf:1: " in message
     assert 'invalid sslmode value: "bogus"' in message
     assert "hunter2" not in message and "sslpassword=********" in message

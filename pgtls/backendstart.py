@@ -28,6 +28,7 @@ from typing import Final, Literal, TypeAlias
 
 __all__ = [
     "BYTE_BUDGET",
+    "CHANNEL_BINDING_REMEDY",
     "MAX_MESSAGE_LENGTH",
     "NEED_DATA",
     "Authentication",
@@ -382,6 +383,28 @@ class ChannelBindingRefusal(enum.Enum):
     #: SCRAM-SHA-256-PLUS says so (gs2 flag ``y``), and an upstream on TLS
     #: takes that for a downgrade by a man in the middle.
     NEGOTIATION_ERROR = "SCRAM channel binding negotiation error"
+
+    @property
+    def why(self) -> str:
+        """Why a client through pgtls meets this refusal, in a log line's words."""
+        return _WHY[self]
+
+
+#: What an operator reads after the upstream's message; the same remedy for both.
+CHANNEL_BINDING_REMEDY: Final = (
+    "SCRAM clients must connect with channel_binding=disable, or pgtls must present "
+    "the upstream's own certificate and key (ssl_cert_file, ssl_key_file)"
+)
+_WHY = {
+    ChannelBindingRefusal.CHECK_FAILED: (
+        "the client bound its password exchange to pgtls's certificate, "
+        "and the upstream checks it against its own"
+    ),
+    ChannelBindingRefusal.NEGOTIATION_ERROR: (
+        "the client, on TLS to pgtls but offered no SCRAM-SHA-256-PLUS, said it "
+        "could bind, and the upstream, on TLS, takes that for a downgrade"
+    ),
+}
 
 
 _INVALID_AUTHORIZATION_SPECIFICATION = "28000"

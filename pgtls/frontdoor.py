@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pgtls import hba, wire
+from pgtls import backendstart, hba, wire
 from pgtls.conf import Settings
 from pgtls.conninfo import Upstream
 from pgtls.fastwrite import send_or_queue, start_tls
@@ -186,6 +186,10 @@ class FrontDoor(Protocol):
         self.startup: wire.StartupMessage | None = None
         self.upstream: UpstreamProtocol | None = None
         self.pump: Pump | None = None
+        # The upstream's startup messages, read until the session is ready
+        # or refused; then dropped (see _watch_upstream).
+        self._backend: backendstart.BackendStartReader | None = None
+        self.backend_pid: int | None = None
         self.bytes_up = 0
         # How the connection ended, for the session summary and the metrics:
         # a fixed word, the reason label that goes with it (a refusal's kind,
@@ -505,10 +509,49 @@ class FrontDoor(Protocol):
         self._reader = None
         self.startup = self.startup.brief()
         self.bytes_up += len(first)
+        self._backend = backendstart.BackendStartReader()
         send_or_queue(upstream.transport, first, upstream.transport.write)
         splice(self.transport, upstream.transport)
-        self.pump = start_pump(self.transport, upstream.transport, self, upstream)
+        self.pump = start_pump(
+            self.transport, upstream.transport, self, upstream, self._watch_upstream
+        )
+        if self.pump is None:
+            upstream.watch = self._watch_upstream
         self.transport.resumeProducing()
+
+    def _watch_upstream(self, data: bytes | memoryview) -> bool:
+        """
+        Read what the upstream sent the client (already relayed) until the
+        session is ready or refused; return whether to go on watching.
+        """
+        reader = self._backend
+        if reader is None:
+            return False
+        reader.receive_data(data)
+        while (event := reader.next_event()) is not backendstart.NEED_DATA:
+            if isinstance(event, backendstart.BackendKeyData):
+                self.backend_pid = event.process_id
+            elif isinstance(event, backendstart.ErrorResponse):
+                self._upstream_refused(event)
+        if reader.done:
+            self._backend = None
+            return False
+        return True
+
+    def _upstream_refused(self, error: backendstart.ErrorResponse) -> None:
+        """The upstream ended the session at its start: say why when pgtls is the cause."""
+        refusal = backendstart.channel_binding_refusal(error)
+        if refusal is None:
+            return
+        self.log.warn(
+            "upstream refused SCRAM channel binding for host={host} user={user}: {message}: "
+            "{why}; {remedy}",
+            host=str(self.address),
+            user=self.startup.user if self.startup else None,
+            message=error.message,
+            why=refusal.why,
+            remedy=backendstart.CHANNEL_BINDING_REMEDY,
+        )
 
     def upstream_lost(self, reason: Failure) -> None:
         """The upstream closed: so does the client, once its data is sent."""
@@ -666,15 +709,18 @@ class FrontDoor(Protocol):
             "bytes_up": self.bytes_up,
             "bytes_down": bytes_down,
             "duration": elapsed,
+            "backend_pid": self.backend_pid,
         }
         # str.format writes the text at once; Twisted's formatter would take
         # its template apart in Python, field by field, for every connection.
-        summary = (_SUMMARY_SSL if info else _SUMMARY_PLAIN).format(**fields)
+        summary = (_SUMMARY_SSL if info else _SUMMARY_PLAIN).format(
+            pid="" if self.backend_pid is None else f" backend_pid={self.backend_pid}", **fields
+        )
         self.log.debug("session {summary}", summary=summary, **fields)
 
 
 _SUMMARY_FIELDS = (
-    "outcome={outcome} bytes_up={bytes_up} bytes_down={bytes_down} "
+    "outcome={outcome}{pid} bytes_up={bytes_up} bytes_down={bytes_down} "
     "duration={duration:.3f}: {detail}"
 )
 _SUMMARY_SSL = (

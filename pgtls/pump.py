@@ -29,6 +29,7 @@ the TLS layer's ``_flushReceiveBIO``); the unit tests pin each of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL._util import ffi as _ffi
@@ -62,7 +63,13 @@ _WANT_READ = _lib.SSL_ERROR_WANT_READ
 _NULL = _ffi.NULL
 
 
-def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pump | None:
+def start(
+    client: Any,
+    upstream: Any,
+    up_counter: Any,
+    down_counter: Any,
+    watch: Callable[[memoryview], bool] | None = None,
+) -> Pump | None:
     """
     Put the fast path on a relayed session's two transports.
 
@@ -70,6 +77,8 @@ def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pum
     :param upstream: the upstream's socket transport (no TLS).
     :param up_counter: has ``bytes_up``, the plaintext bytes sent upstream.
     :param down_counter: has ``bytes_down``, the bytes relayed to the client.
+    :param watch: shown each read of the upstream's bytes, once relayed,
+        until it returns False (see :meth:`Pump.upstream_read_watched`).
     :return: the pump, to :meth:`Pump.stop` when the session stops relaying;
         None when the transports are not socket transports, so the
         session stays on Twisted's path.
@@ -79,7 +88,7 @@ def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pum
     tls = client.protocol if getattr(client, "TLS", False) else None
     if tls is not None and getattr(tls, "_tlsConnection", None) is None:
         return None
-    return Pump(client, tls, upstream, up_counter, down_counter)
+    return Pump(client, tls, upstream, up_counter, down_counter, watch)
 
 
 class Pump:
@@ -95,10 +104,17 @@ class Pump:
         "tls",
         "up_counter",
         "upstream",
+        "watch",
     )
 
     def __init__(
-        self, client: Any, tls: Any, upstream: Any, up_counter: Any, down_counter: Any
+        self,
+        client: Any,
+        tls: Any,
+        upstream: Any,
+        up_counter: Any,
+        down_counter: Any,
+        watch: Callable[[memoryview], bool] | None = None,
     ) -> None:
         self.client = client
         self.tls = tls
@@ -113,8 +129,9 @@ class Pump:
             self.ssl = connection._ssl
             self.into_ssl = connection._into_ssl
             self.from_ssl = connection._from_ssl
+        self.watch = watch
         client.doRead = self.client_read
-        upstream.doRead = self.upstream_read
+        upstream.doRead = self.upstream_read if watch is None else self.upstream_read_watched
         dispatch_directly(client)
         dispatch_directly(upstream)
 
@@ -188,6 +205,23 @@ class Pump:
         else:
             self._encrypt(size)
         return None
+
+    def upstream_read_watched(self) -> object:
+        """
+        :meth:`upstream_read`, then what it relayed shown to ``watch``; once
+        ``watch`` has seen enough, :meth:`upstream_read` alone, so a session
+        watched at its start costs nothing more after it.
+        """
+        counter = self.down_counter
+        before = counter.bytes_down
+        result = self.upstream_read()
+        size = counter.bytes_down - before
+        watch = self.watch
+        # The shared buffer holds this read's bytes until the next read.
+        if size and watch is not None and not watch(_UPSTREAM_VIEW[:size]):
+            self.watch = None
+            self.upstream.doRead = self.upstream_read
+        return result
 
     def _encrypt(self, size: int) -> None:
         ssl = self.ssl

@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 
 from cryptography import x509
 
-from pgtls import conf
+from pgtls import channelbinding, conf
 from pgtls.loader import ServerConfig, load_server_config
 
-__all__ = ["check_report"]
+__all__ = ["channel_binding_lines", "check_report"]
 
 
 def check_report(
@@ -35,6 +35,9 @@ def check_report(
     for notice in config.settings.notices:
         lines.append(f"  note: {notice}")
     lines += _tls_lines(config)
+    if config.settings.upstream.is_unix:
+        # A Unix-socket upstream never uses TLS (as in libpq).
+        lines += channel_binding_lines(config, None)
     lines.append(f"pg_hba.conf: {len(config.rules)} rule(s)")
     lines += [f"  warning: {warning}" for warning in config.rules.warnings]
     lines.append("pgtls check: OK, the server would start")
@@ -70,3 +73,19 @@ def _tls_lines(config: ServerConfig) -> list[str]:
     else:
         lines.append("  client certificates: not requested (no root certificate file)")
     return lines
+
+
+def channel_binding_lines(
+    config: ServerConfig, upstream_cert: x509.Certificate | None
+) -> list[str]:
+    """
+    What SCRAM channel binding does through pgtls: a note, or a warning
+    when clients with libpq's defaults will be refused.
+
+    @param upstream_cert: the certificate the upstream presented on a TLS
+        upstream leg; None when the leg is not TLS.
+    """
+    if config.tls is None or config.tls.certificate is None:
+        return []  # clients never use TLS to pgtls, so never bind
+    verdict = channelbinding.verdict(config.tls.certificate, upstream_cert)
+    return [f"  {'warning' if verdict.warning else 'note'}: channel binding: {verdict.text}"]

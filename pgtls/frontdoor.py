@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import (
     IAddress,
@@ -27,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pgtls import backendstart, hba, wire
+from pgtls import backendstart, channelbinding, hba, wire
 from pgtls.conf import Settings
 from pgtls.conninfo import Upstream
 from pgtls.fastwrite import send_or_queue, start_tls
@@ -125,6 +126,32 @@ class FrontDoorFactory(Factory):
         self.describe_tls = describe_tls
         # None when pgtls.metrics_listen is off: no metrics work at all.
         self.metrics = metrics
+        # The upstream certificate last judged for channel binding (DER).
+        self._upstream_certificate: bytes | None = None
+
+    def upstream_certificate_seen(self, der: bytes) -> None:
+        """
+        The upstream presented the certificate ``der`` (DER) in a TLS
+        handshake: say once, for each new one, whether SCRAM channel binding
+        can pass through pgtls (see pgtls.channelbinding).  Called by the
+        upstream leg after each handshake; a repeat costs one comparison.
+        """
+        if der == self._upstream_certificate:
+            return
+        self._upstream_certificate = der
+        ours = self.tls.certificate if self.tls is not None else None
+        if ours is None:
+            return  # no TLS for clients: none of them can bind
+        try:
+            theirs = x509.load_der_x509_certificate(der)
+        except ValueError as error:
+            self.log.warn("could not read the upstream's certificate: {error}", error=error)
+            return
+        verdict = channelbinding.verdict(ours, theirs)
+        if verdict.warning:
+            self.log.warn("channel binding: {verdict}", verdict=verdict.text)
+        else:
+            self.log.info("channel binding: {verdict}", verdict=verdict.text)
 
     def upstream_endpoint(self) -> IStreamClientEndpoint:
         """

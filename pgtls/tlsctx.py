@@ -180,11 +180,14 @@ class ServerTLS:
     fails the handshake; no certificate does not).  ``require_client_cert``:
     on top of that, ``pgtls.clientcert = required``, so the shell refuses a
     client without a certificate after the handshake (FATAL 28000).
+    ``certificate``: the server certificate clients see (what SCRAM channel
+    binding hashes), None if only OpenSSL's chain reader understood the file.
     """
 
     context: SSL.Context
     verify_clients: bool
     require_client_cert: bool
+    certificate: x509.Certificate | None = None
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         """
@@ -253,6 +256,7 @@ def load_server_tls(
         context=context,
         verify_clients=verify_clients,
         require_client_cert=verify_clients and settings.clientcert == "required",
+        certificate=leaf,
     )
 
 

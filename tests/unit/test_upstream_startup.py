@@ -2,9 +2,9 @@
 The front door watching the upstream's startup messages as it relays them:
 the backend's PID in the session line, the log line for an upstream that
 refuses SCRAM channel binding, and the watch's end at ReadyForQuery or an
-ErrorResponse.  Driven with the front door harness of test_frontdoor (fake
-transports, so the relay's no-pump path carries the bytes; test_pump covers
-the pump's).
+ErrorResponse; and its verdict on the certificate a TLS upstream presents.
+Driven with the front door harness of test_frontdoor (fake transports, so
+the relay's no-pump path carries the bytes; test_pump covers the pump's).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from test_backendstart import (
     CHECK_FAILED,
     SCRAM_STARTUP,
@@ -173,3 +175,53 @@ def test_other_upstream_errors_are_not_explained(door: Door) -> None:
         upstream.send(sasl("SCRAM-SHA-256") + error)
         assert conn.protocol._backend is None
     assert channel_binding_lines(events) == []
+
+
+# -- the upstream's certificate ------------------------------------------------
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+def binding_lines(events: Sequence[LogEvent]) -> list[LogEvent]:
+    return [e for e in events if e["log_format"].startswith("channel binding: ")]
+
+
+def test_a_shared_certificate_is_noted_once(door: Door, pki: Pki) -> None:
+    """The upstream presents pgtls's own certificate: one info line, not one per session."""
+    with capturedLogs() as events:
+        for _ in range(3):
+            door.factory.upstream_certificate_seen(der(pki.server.cert))
+    (line,) = binding_lines(events)
+    assert line["log_level"] is LogLevel.info
+    assert "can pass end to end, channel_binding=require included" in formatEvent(line)
+
+
+def test_a_different_certificate_warns_once_per_certificate(door: Door, pki: Pki) -> None:
+    """Another certificate: a warning, again only when the upstream's certificate changes."""
+    other = certs.issue_server_cert(certs.make_ca("upstream CA"), ["db.internal"]).cert
+    with capturedLogs() as events:
+        door.factory.upstream_certificate_seen(der(other))
+        door.factory.upstream_certificate_seen(der(other))
+        door.factory.upstream_certificate_seen(der(pki.server.cert))
+    different, shared = binding_lines(events)
+    assert different["log_level"] is LogLevel.warn
+    assert "SCRAM clients must connect with channel_binding=disable" in formatEvent(different)
+    assert shared["log_level"] is LogLevel.info
+
+
+def test_no_verdict_when_clients_have_no_tls(tmp_path: Path, pki: Pki) -> None:
+    """ssl = off: no client of pgtls can bind, so there is nothing to say."""
+    door = make_door(tmp_path, pki, ssl=False)
+    with capturedLogs() as events:
+        door.factory.upstream_certificate_seen(der(pki.server.cert))
+    assert binding_lines(events) == []
+
+
+def test_an_unreadable_upstream_certificate_is_logged(door: Door) -> None:
+    """Bytes that are no certificate: a warning, no verdict."""
+    with capturedLogs() as events:
+        door.factory.upstream_certificate_seen(b"\x30\x03garbage")
+    assert binding_lines(events) == []
+    assert [e["log_level"] for e in events] == [LogLevel.warn]

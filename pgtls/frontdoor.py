@@ -126,28 +126,23 @@ class FrontDoorFactory(Factory):
         self.describe_tls = describe_tls
         # None when pgtls.metrics_listen is off: no metrics work at all.
         self.metrics = metrics
-        # The upstream certificate last judged for channel binding (DER).
-        self._upstream_certificate: bytes | None = None
+        # The upstream certificate last judged for channel binding.
+        self._upstream_certificate: x509.Certificate | None = None
 
-    def upstream_certificate_seen(self, der: bytes) -> None:
+    def upstream_certificate_seen(self, cert: x509.Certificate) -> None:
         """
-        The upstream presented the certificate ``der`` (DER) in a TLS
-        handshake: say once, for each new one, whether SCRAM channel binding
-        can pass through pgtls (see pgtls.channelbinding).  Called by the
-        upstream leg after each handshake; a repeat costs one comparison.
+        The upstream presented ``cert`` in a TLS handshake: say once, for
+        each new one, whether SCRAM channel binding can pass through pgtls
+        (see pgtls.channelbinding).  Called by the upstream leg after each
+        handshake; a repeat costs one comparison of DER bytes.
         """
-        if der == self._upstream_certificate:
+        if cert == self._upstream_certificate:
             return
-        self._upstream_certificate = der
+        self._upstream_certificate = cert
         ours = self.tls.certificate if self.tls is not None else None
         if ours is None:
             return  # no TLS for clients: none of them can bind
-        try:
-            theirs = x509.load_der_x509_certificate(der)
-        except ValueError as error:
-            self.log.warn("could not read the upstream's certificate: {error}", error=error)
-            return
-        verdict = channelbinding.verdict(ours, theirs)
+        verdict = channelbinding.verdict(ours, cert)
         if verdict.warning:
             self.log.warn("channel binding: {verdict}", verdict=verdict.text)
         else:
@@ -544,6 +539,8 @@ class FrontDoor(Protocol):
         )
         if self.pump is None:
             upstream.watch = self._watch_upstream
+        if upstream.peer_certificate is not None:
+            self.door.upstream_certificate_seen(upstream.peer_certificate)
         self.transport.resumeProducing()
 
     def _watch_upstream(self, data: bytes | memoryview) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from cryptography import x509
 from twisted.internet import defer
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
@@ -148,6 +149,8 @@ class UpstreamProtocol(Protocol):
     #: Shown the upstream's bytes, once relayed, until it returns False
     #: (without a pump; the pump shows them itself).
     watch: Callable[[bytes], bool] | None = None
+    #: The upstream's certificate on a TLS leg, set by the leg's negotiation.
+    peer_certificate: x509.Certificate | None = None
 
     def __init__(self) -> None:
         self.bytes_down = 0

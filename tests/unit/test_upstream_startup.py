@@ -30,6 +30,7 @@ from test_frontdoor import Door, Pki, make_door, relayed_session
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 
 from pgtls import certs, wire
+from pgtls.relay import UpstreamProtocol
 
 REMEDY = (
     "SCRAM clients must connect with channel_binding=disable, or pgtls must present "
@@ -180,8 +181,9 @@ def test_other_upstream_errors_are_not_explained(door: Door) -> None:
 # -- the upstream's certificate ------------------------------------------------
 
 
-def der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(Encoding.DER)
+def copy(cert: x509.Certificate) -> x509.Certificate:
+    """The same certificate, as another object (as each handshake gives it)."""
+    return x509.load_der_x509_certificate(cert.public_bytes(Encoding.DER))
 
 
 def binding_lines(events: Sequence[LogEvent]) -> list[LogEvent]:
@@ -192,7 +194,7 @@ def test_a_shared_certificate_is_noted_once(door: Door, pki: Pki) -> None:
     """The upstream presents pgtls's own certificate: one info line, not one per session."""
     with capturedLogs() as events:
         for _ in range(3):
-            door.factory.upstream_certificate_seen(der(pki.server.cert))
+            door.factory.upstream_certificate_seen(copy(pki.server.cert))
     (line,) = binding_lines(events)
     assert line["log_level"] is LogLevel.info
     assert "can pass end to end, channel_binding=require included" in formatEvent(line)
@@ -202,9 +204,9 @@ def test_a_different_certificate_warns_once_per_certificate(door: Door, pki: Pki
     """Another certificate: a warning, again only when the upstream's certificate changes."""
     other = certs.issue_server_cert(certs.make_ca("upstream CA"), ["db.internal"]).cert
     with capturedLogs() as events:
-        door.factory.upstream_certificate_seen(der(other))
-        door.factory.upstream_certificate_seen(der(other))
-        door.factory.upstream_certificate_seen(der(pki.server.cert))
+        door.factory.upstream_certificate_seen(copy(other))
+        door.factory.upstream_certificate_seen(copy(other))
+        door.factory.upstream_certificate_seen(copy(pki.server.cert))
     different, shared = binding_lines(events)
     assert different["log_level"] is LogLevel.warn
     assert "SCRAM clients must connect with channel_binding=disable" in formatEvent(different)
@@ -215,13 +217,24 @@ def test_no_verdict_when_clients_have_no_tls(tmp_path: Path, pki: Pki) -> None:
     """ssl = off: no client of pgtls can bind, so there is nothing to say."""
     door = make_door(tmp_path, pki, ssl=False)
     with capturedLogs() as events:
-        door.factory.upstream_certificate_seen(der(pki.server.cert))
+        door.factory.upstream_certificate_seen(copy(pki.server.cert))
     assert binding_lines(events) == []
 
 
-def test_an_unreadable_upstream_certificate_is_logged(door: Door) -> None:
-    """Bytes that are no certificate: a warning, no verdict."""
+def test_each_tls_leg_reports_its_certificate(door: Door, pki: Pki) -> None:
+    """A leg that negotiated TLS hands the upstream's certificate to the factory's verdict."""
+    other = certs.issue_server_cert(certs.make_ca("upstream CA"), ["db.internal"]).cert
+
+    class TLSLeg(UpstreamProtocol):
+        """What the upstream leg's TLS negotiation hands over: the peer's certificate set."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.peer_certificate = copy(other)
+
+    door.factory.upstream_factory.protocol = TLSLeg
     with capturedLogs() as events:
-        door.factory.upstream_certificate_seen(b"\x30\x03garbage")
-    assert binding_lines(events) == []
-    assert [e["log_level"] for e in events] == [LogLevel.warn]
+        relayed_session(door)
+        relayed_session(door)
+    (line,) = binding_lines(events)
+    assert line["log_level"] is LogLevel.warn

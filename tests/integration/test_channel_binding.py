@@ -4,11 +4,11 @@ psycopg's libpq) and a real PostgreSQL 15 upstream where alice must log in
 with a SCRAM password; and each session's backend PID in pgtls's log.
 
 The upstream leg is TCP: plaintext to a PostgreSQL without SSL, or TLS to a
-PostgreSQL with ``ssl = on`` through stunnel in client mode (``protocol =
-pgsql``: it sends the SSLRequest and speaks TLS to PostgreSQL), which
-stands in for a TLS upstream leg: what the upstream sees is a TLS session
-that is not the client's, as with any TLS-terminating relay.  So the
-channel-binding matrix holds whoever makes the TLS leg:
+PostgreSQL with ``ssl = on``.  The TLS leg is made by stunnel in client mode
+(``protocol = pgsql``: it sends the SSLRequest and speaks TLS to
+PostgreSQL) and, where pgtls.upstream takes ``sslmode``, by pgtls itself.
+Either way the upstream sees a TLS session that is not the client's, so the
+channel-binding matrix is the same:
 
 - plaintext leg: ``channel_binding=prefer`` works, ``require`` fails;
 - TLS leg, another certificate upstream: a binding client is refused
@@ -16,6 +16,8 @@ channel-binding matrix holds whoever makes the TLS leg:
   do; ``disable`` works;
 - TLS leg, pgtls's certificate and key on the upstream too: binding works
   end to end, ``require`` included.
+
+On pgtls's own TLS leg, pgtls also compares the certificates and says so.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from pgtlsproc import PgtlsServer, Pki, free_port, make_datadir
 from test_libpq import RUNNERS, Runner
 
 from pgtls import certs
+from pgtls.conninfo import parse_conninfo
 
 CHECK_FAILED = "SCRAM channel binding check failed"
 NOT_OFFERED = (
@@ -49,6 +53,30 @@ PGTLS_EXPLAINS = (
     "own certificate and key (ssl_cert_file, ssl_key_file)"
 )
 _START_TIMEOUT = 20.0
+
+
+def _upstream_tls() -> bool:
+    """Whether pgtls.upstream takes libpq's sslmode (pgtls with a TLS upstream leg)."""
+    try:
+        parse_conninfo("host=127.0.0.1 sslmode=require")
+    except ValueError:
+        return False
+    return True
+
+
+UPSTREAM_TLS = _upstream_tls()
+#: Who makes the TLS upstream leg: stunnel between pgtls and PostgreSQL, and
+#: pgtls itself where it can.
+LEGS = ["pgtls", "stunnel"] if UPSTREAM_TLS else ["stunnel"]
+
+
+def plaintext_leg(port: int) -> str:
+    """
+    pgtls.upstream for a plaintext TCP leg to 127.0.0.1:``port``: with
+    sslmode=disable where pgtls knows sslmode, whose default (prefer) would
+    try TLS first.
+    """
+    return f"host=127.0.0.1 port={port}" + (" sslmode=disable" if UPSTREAM_TLS else "")
 
 
 @pytest.fixture(params=sorted(RUNNERS))
@@ -89,7 +117,6 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> N
     raise RuntimeError(f"{what} did not listen on {port} within {_START_TIMEOUT}s")
 
 
-@pytest.fixture(scope="module")
 def stunnel() -> str:
     """stunnel's executable (Debian's stunnel4 package, which scripts/test installs)."""
     for name in ("stunnel4", "stunnel"):
@@ -141,12 +168,35 @@ def tls_leg(executable: str, root: Path, upstream: PostgresServer) -> Iterator[i
             process.wait(5)
 
 
-def pgtls_in_front_of(root: Path, pki: Pki, host: str, port: int) -> Iterator[PgtlsServer]:
-    """pgtls (ssl on, pki's certificate) relaying to ``host:port`` over TCP."""
+def pgtls_in_front_of(root: Path, pki: Pki, upstream: str) -> Iterator[PgtlsServer]:
+    """pgtls (ssl on, pki's certificate) relaying to the conninfo ``upstream``."""
     listen = free_port()
-    datadir = make_datadir(root, pki, f"host={host} port={port}", port=listen)
+    datadir = make_datadir(root, pki, upstream, port=listen)
     with PgtlsServer(datadir, listen) as server:
         yield server
+
+
+@dataclass(frozen=True)
+class Front:
+    """pgtls in front of a TLS upstream leg, and who makes the leg."""
+
+    server: PgtlsServer
+    leg: str
+
+
+def tls_leg_pgtls(leg: str, root: Path, pki: Pki, upstream: PostgresServer) -> Iterator[Front]:
+    """
+    pgtls in front of ``upstream`` over a TLS leg: its own (``sslmode=require``
+    in pgtls.upstream), or stunnel's in between.
+    """
+    if leg == "pgtls":
+        conninfo = f"host=127.0.0.1 port={upstream.port} sslmode=require"
+        for server in pgtls_in_front_of(root / "pgtls", pki, conninfo):
+            yield Front(server, leg)
+        return
+    for port in tls_leg(stunnel(), root / "stunnel", upstream):
+        for server in pgtls_in_front_of(root / "pgtls", pki, plaintext_leg(port)):
+            yield Front(server, leg)
 
 
 def upstream_server(**options: Any) -> PostgresServer:
@@ -166,7 +216,7 @@ def plain_leg(
         yield from (
             (server, upstream)
             for server in pgtls_in_front_of(
-                tmp_path_factory.mktemp("plain-leg"), pki, "127.0.0.1", upstream.port
+                tmp_path_factory.mktemp("plain-leg"), pki, plaintext_leg(upstream.port)
             )
         )
 
@@ -209,46 +259,47 @@ def test_the_session_line_names_the_backend_pid(
 # -- a TLS upstream leg, another certificate ---------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=LEGS)
 def other_cert_leg(
-    tmp_path_factory: pytest.TempPathFactory, pki: Pki, stunnel: str
-) -> Iterator[PgtlsServer]:
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> Iterator[Front]:
     """pgtls over a TLS leg to a PostgreSQL with a certificate of its own."""
     root = tmp_path_factory.mktemp("other-cert-leg")
     own = certs.issue_server_cert(certs.make_ca("upstream CA"), ["db.internal"])
     certs.write_pem(str(root / "db.crt"), own.cert)
     certs.write_key(str(root / "db.key"), own.key)
     with upstream_server(ssl_cert_file=root / "db.crt", ssl_key_file=root / "db.key") as pg:
-        for port in tls_leg(stunnel, root / "stunnel", pg):
-            yield from pgtls_in_front_of(root / "pgtls", pki, "127.0.0.1", port)
+        yield from tls_leg_pgtls(request.param, root, pki, pg)
 
 
 def test_binding_to_pgtls_certificate_is_refused_and_explained(
-    client: Runner, other_cert_leg: PgtlsServer, no_root_cert: str
+    client: Runner, other_cert_leg: Front, no_root_cert: str
 ) -> None:
     """
     channel_binding=prefer over a TLS leg: the upstream offers PLUS, the
     client binds to pgtls's certificate, the upstream refuses; pgtls's log
     says why and what to do.
     """
-    outcome = client(alice(other_cert_leg, "prefer", no_root_cert), password=ALICE_PASSWORD)
+    outcome = client(alice(other_cert_leg.server, "prefer", no_root_cert), password=ALICE_PASSWORD)
     assert not outcome.connected
     assert f"FATAL:  {CHECK_FAILED}" in outcome.error
-    other_cert_leg.wait_for_log(PGTLS_EXPLAINS)
+    log = other_cert_leg.server.wait_for_log(PGTLS_EXPLAINS)
+    if other_cert_leg.leg == "pgtls":
+        # pgtls's own leg saw the upstream's certificate, and warned once.
+        verdict = "[pgtls.frontdoor.FrontDoorFactory#warn] channel binding: pgtls's certificate"
+        assert log.count(verdict) == 1, log
 
 
-def test_require_is_refused_too(
-    client: Runner, other_cert_leg: PgtlsServer, no_root_cert: str
-) -> None:
+def test_require_is_refused_too(client: Runner, other_cert_leg: Front, no_root_cert: str) -> None:
     """channel_binding=require: the same refusal."""
-    outcome = client(alice(other_cert_leg, "require", no_root_cert), password=ALICE_PASSWORD)
+    outcome = client(alice(other_cert_leg.server, "require", no_root_cert), password=ALICE_PASSWORD)
     assert not outcome.connected
     assert f"FATAL:  {CHECK_FAILED}" in outcome.error
 
 
-def test_disable_works(client: Runner, other_cert_leg: PgtlsServer, no_root_cert: str) -> None:
+def test_disable_works(client: Runner, other_cert_leg: Front, no_root_cert: str) -> None:
     """channel_binding=disable, as pgtls's log advises: SCRAM without binding, logged in."""
-    outcome = client(alice(other_cert_leg, "disable", no_root_cert), password=ALICE_PASSWORD)
+    outcome = client(alice(other_cert_leg.server, "disable", no_root_cert), password=ALICE_PASSWORD)
     assert outcome.connected, outcome.error
     assert (outcome.ssl, outcome.value) == (True, ALICE)
 
@@ -256,30 +307,36 @@ def test_disable_works(client: Runner, other_cert_leg: PgtlsServer, no_root_cert
 # -- a TLS upstream leg, pgtls's own certificate -----------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=LEGS)
 def shared_cert_leg(
-    tmp_path_factory: pytest.TempPathFactory, pki: Pki, stunnel: str
-) -> Iterator[PgtlsServer]:
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> Iterator[Front]:
     """pgtls over a TLS leg to a PostgreSQL that presents pgtls's certificate and key."""
     root = tmp_path_factory.mktemp("shared-cert-leg")
     certs.write_pem(str(root / "server.crt"), pki.server.cert)
     certs.write_key(str(root / "server.key"), pki.server.key)
     with upstream_server(ssl_cert_file=root / "server.crt", ssl_key_file=root / "server.key") as pg:
-        for port in tls_leg(stunnel, root / "stunnel", pg):
-            yield from pgtls_in_front_of(root / "pgtls", pki, "127.0.0.1", port)
+        yield from tls_leg_pgtls(request.param, root, pki, pg)
 
 
 @pytest.mark.parametrize("channel_binding", ["prefer", "require"])
 def test_a_shared_certificate_binds_end_to_end(
-    client: Runner, shared_cert_leg: PgtlsServer, no_root_cert: str, channel_binding: str
+    client: Runner, shared_cert_leg: Front, no_root_cert: str, channel_binding: str
 ) -> None:
     """
     The same certificate and key on pgtls and the upstream: the client's
     tls-server-end-point hash is the upstream's, and binding passes,
     channel_binding=require included.
     """
-    params = alice(shared_cert_leg, channel_binding, no_root_cert)
+    params = alice(shared_cert_leg.server, channel_binding, no_root_cert)
     outcome = client(params, password=ALICE_PASSWORD)
     assert outcome.connected, outcome.error
     assert (outcome.ssl, outcome.value) == (True, ALICE)
-    assert "channel binding" not in shared_cert_leg.log_text()
+    log = shared_cert_leg.server.log_text()
+    assert "refused SCRAM channel binding" not in log
+    assert "channel binding: pgtls's certificate" not in log
+    if shared_cert_leg.leg == "pgtls":
+        assert (
+            "[pgtls.frontdoor.FrontDoorFactory#info] channel binding: pgtls presents the "
+            "upstream's own certificate"
+        ) in log

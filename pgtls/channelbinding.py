@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from pgtls.backendstart import CHANNEL_BINDING_REMEDY
 
-__all__ = ["Binding", "Verdict", "end_point_hash", "verdict"]
+__all__ = ["Binding", "Verdict", "end_point_hash", "report_lines", "verdict"]
 
 
 class Binding(enum.Enum):
@@ -122,6 +122,21 @@ def verdict(ours: x509.Certificate, theirs: x509.Certificate | None) -> Verdict:
         f"pgtls presents the upstream's own certificate ({_names(ours)}): SCRAM channel "
         "binding can pass end to end, channel_binding=require included",
     )
+
+
+def report_lines(ours: x509.Certificate | None, theirs: x509.Certificate | None) -> list[str]:
+    """
+    ``pgtls check``'s lines on channel binding: a note, or a warning when
+    SCRAM clients with libpq's defaults will be refused; none when pgtls
+    has no certificate (no client of pgtls uses TLS, so none binds).
+
+    :param ours: pgtls's server certificate, or None with ssl off.
+    :param theirs: as for :func:`verdict`.
+    """
+    if ours is None:
+        return []
+    result = verdict(ours, theirs)
+    return [f"  {'warning' if result.warning else 'note'}: channel binding: {result.text}"]
 
 
 def _names(cert: x509.Certificate) -> str:

@@ -79,13 +79,11 @@ def channel_binding_lines(
     config: ServerConfig, upstream_cert: x509.Certificate | None
 ) -> list[str]:
     """
-    What SCRAM channel binding does through pgtls: a note, or a warning
-    when clients with libpq's defaults will be refused.
+    What SCRAM channel binding does through pgtls (see
+    pgtls.channelbinding.report_lines).
 
     @param upstream_cert: the certificate the upstream presented on a TLS
         upstream leg; None when the leg is not TLS.
     """
-    if config.tls is None or config.tls.certificate is None:
-        return []  # clients never use TLS to pgtls, so never bind
-    verdict = channelbinding.verdict(config.tls.certificate, upstream_cert)
-    return [f"  {'warning' if verdict.warning else 'note'}: channel binding: {verdict.text}"]
+    ours = config.tls.certificate if config.tls is not None else None
+    return channelbinding.report_lines(ours, upstream_cert)

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
 from pgtls import certs
-from pgtls.channelbinding import Binding, end_point_hash, verdict
+from pgtls.channelbinding import Binding, end_point_hash, report_lines, verdict
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -140,3 +140,14 @@ def test_a_shared_ed25519_certificate_cannot_bind() -> None:
     result = verdict(cert, cert)
     assert (result.binding, result.warning) == (Binding.NO_HASH, True)
     assert "channel_binding=disable" in result.text
+
+
+def test_report_lines(rsa_key: rsa.RSAPrivateKey) -> None:
+    """pgtls check's line: a note or a warning; nothing when pgtls has no certificate."""
+    ours = self_signed(rsa_key, hashes.SHA256())
+    theirs = self_signed(rsa_key, hashes.SHA256(), "other")
+    assert report_lines(None, theirs) == []
+    (note,) = report_lines(ours, ours)
+    assert note.startswith("  note: channel binding: pgtls presents the upstream's own")
+    (warning,) = report_lines(ours, theirs)
+    assert warning.startswith("  warning: channel binding: pgtls's certificate (subject CN=")

@@ -10,6 +10,7 @@ all-or-nothing: any bad line is a L{ConfigError} and no setting is applied.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -44,6 +45,9 @@ class ConfigError(Exception):
         self.reason = reason
         where = f"{path}:{line}" if line is not None else path
         super().__init__(_shown(f"{where}: {reason}"))
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,7 @@ class Settings:
     clientcert: str = "required"
     smart_shutdown_timeout: float = 30.0
     metrics_listen: str = ""
+    proxy_protocol_networks: tuple[IPNetwork, ...] = ()
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
     raw_values: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -641,6 +646,32 @@ def _upstream(name: str, text: str) -> Upstream:
         raise _InvalidValue(_invalid(name, text, str(error))) from None
 
 
+def _networks(name: str, text: str) -> tuple[IPNetwork, ...]:
+    """
+    ``pgtls.proxy_protocol_networks``: a comma-separated list of addresses
+    and CIDR networks, IPv4 or IPv6; empty for none.
+
+    @raise _InvalidValue: an item is not an address or network, or has bits
+        set past its mask (``10.0.0.5/8``: a typo that would trust more than
+        one host).
+    """
+    if not text.strip():
+        return ()
+    networks = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError as error:
+            raise _InvalidValue(_invalid(name, text, str(error))) from None
+    return tuple(networks)
+
+
+def _show_networks(value: tuple[IPNetwork, ...]) -> str:
+    """Show a network list as it would be written."""
+    return ",".join(str(network) for network in value)
+
+
 def _show_bool(value: bool) -> str:
     """Show a Boolean as SHOW does."""
     return "on" if value else "off"
@@ -709,6 +740,15 @@ _PARAMS: tuple[_Param, ...] = (
     ),
     # A Twisted server endpoint string; checked when the service is built.
     _Param("pgtls.metrics_listen", "metrics_listen", _string),
+    # Balancers whose connections start with a PROXY protocol header; read
+    # when a connection is accepted, so a reload applies to new connections.
+    _Param(
+        "pgtls.proxy_protocol_networks",
+        "proxy_protocol_networks",
+        _networks,
+        _show_networks,
+        restart_only=False,
+    ),
 )
 _BY_NAME = {param.name: param for param in _PARAMS}
 _FILE_PARAMS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")

@@ -5,7 +5,10 @@ It reads the first packets with the sans-IO reader (pgtls.wire), answers
 SSLRequest with ``S`` or ``N`` and starts TLS, accepts direct TLS, asks
 pg_hba.conf (pgtls.hba) whether the session may pass, and hands admitted
 sessions to the relay (pgtls.relay).  Nothing a client sends reaches the
-upstream before the session is admitted.
+upstream before the session is admitted.  A connection from a load
+balancer in ``pgtls.proxy_protocol_networks`` starts with a PROXY header
+(pgtls.proxyheader), read before the first packet; its address is the
+client's from then on.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pgtls.conf import Settings
 from pgtls.conninfo import Upstream
 from pgtls.fastwrite import send_or_queue, start_tls
 from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
+from pgtls.proxyheader import InvalidProxyHeader, ProxyHeaderReader
 from pgtls.pump import Pump
 from pgtls.pump import start as start_pump
 from pgtls.relay import (
@@ -56,6 +60,7 @@ ALPN_POSTGRESQL = b"postgresql"
 class Phase(enum.Enum):
     """Where a connection is; each input is legal in some phases only."""
 
+    PROXY = "proxy"  # reading a load balancer's PROXY protocol header
     STARTUP = "startup"  # reading negotiation and startup packets
     HANDSHAKE = "handshake"  # TLS handshake under way
     ADMITTING = "admitting"  # pg_hba.conf decision pending (host name lookup)
@@ -203,6 +208,10 @@ class FrontDoor(Protocol):
         self.address, self.port = client_address(addr)
         self.phase = Phase.STARTUP
         self._reader: wire.StartupReader | None = wire.StartupReader()
+        # The load balancer's address and port, when the client's come from
+        # its PROXY protocol header.
+        self.proxy: tuple[IPAddress, int] | None = None
+        self._proxy_reader: ProxyHeaderReader | None = None
         self.direct_tls = False
         self.tls_info: TLSInfo | None = None
         self.startup: wire.StartupMessage | None = None
@@ -245,7 +254,15 @@ class FrontDoor(Protocol):
         self._timer = self.door.reactor.callLater(
             settings.authentication_timeout, self._authentication_timed_out
         )
-        if settings.log_connections:
+        if any(self.address in network for network in settings.proxy_protocol_networks):
+            # The client's address is in the header: log it once it is read.
+            self.phase = Phase.PROXY
+            self._proxy_reader = ProxyHeaderReader()
+            return
+        self._connection_received()
+
+    def _connection_received(self) -> None:
+        if self.door.settings.log_connections:
             self.log.info(
                 "connection received: host={host} port={port}",
                 host=str(self.address),
@@ -263,6 +280,9 @@ class FrontDoor(Protocol):
         if self.phase in (Phase.ADMITTING, Phase.CONNECTING):
             # Read before the pause took hold: keep it for the upstream.
             self.reader.receive_data(data)
+            return
+        if self.phase is Phase.PROXY:
+            self._read_proxy_header(data)
             return
         if self.phase is not Phase.STARTUP:
             return
@@ -323,6 +343,49 @@ class FrontDoor(Protocol):
             self._counted = False
         self._session_end(admitted)
         self.door.connection_ended(self)
+
+    # -- the PROXY protocol header -------------------------------------------
+
+    def _read_proxy_header(self, data: bytes) -> None:
+        """
+        Read the header a trusted load balancer sends first; the client's
+        address in it replaces the balancer's, and the bytes after it are the
+        client's first packets.  Anything else is closed without a word: the
+        balancer is misconfigured, or someone else is on its network.
+        """
+        assert self._proxy_reader is not None
+        reader = self._proxy_reader
+        reader.receive_data(data)
+        try:
+            header = reader.next_event()
+        except InvalidProxyHeader as error:
+            self.log.warn(
+                "closed connection from load balancer {host}: {reason}",
+                host=str(self.address),
+                reason=str(error),
+            )
+            self._proxy_reader = None
+            if self.door.metrics is not None:
+                self.door.metrics.proxy_header("invalid")
+            self._ending("protocol_error")
+            self.detail = str(error)
+            self._close(str(error))
+            return
+        if header is wire.NEED_DATA:
+            return
+        self._proxy_reader = None
+        self.proxy = (self.address, self.port)
+        # LOCAL and UNKNOWN (health checks) name no client: the balancer's
+        # own address stands, as the specification says.
+        if header.source is not None:
+            self.address, self.port = header.source
+        if self.door.metrics is not None:
+            self.door.metrics.proxy_header("local" if header.source is None else "proxied")
+        self.phase = Phase.STARTUP
+        self._connection_received()
+        if reader.trailing_data:
+            self.reader.receive_data(reader.trailing_data)
+            self._read_packets()
 
     # -- the startup phase -------------------------------------------------
 
@@ -722,6 +785,7 @@ class FrontDoor(Protocol):
             "peer": _peer(self.address, self.port),
             "host": str(self.address),
             "port": self.port,
+            "proxy": _peer(*self.proxy) if self.proxy else None,
             "user": startup.user if startup else None,
             "database": startup.database if startup else None,
             "ssl": info is not None,

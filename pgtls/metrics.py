@@ -43,11 +43,13 @@ from pgtls.tlsctx import TLSInfo
 __all__ = [
     "ENCRYPTIONS",
     "OUTCOMES",
+    "PROXY_HEADER_RESULTS",
     "REFUSAL_REASONS",
     "Encryption",
     "Metrics",
     "MetricsService",
     "Outcome",
+    "ProxyHeaderResult",
     "metrics_service",
     "refusal_reason",
 ]
@@ -81,6 +83,14 @@ REFUSAL_REASONS = (
     "direct_ssl_no_alpn",  # direct SSL without ALPN "postgresql"
     "direct_ssl_off",  # direct SSL while ssl = off
 )
+
+#: The ``result`` label of pgtls_proxy_headers_total.
+ProxyHeaderResult = Literal[
+    "proxied",  # the header named the client: its address is the client's
+    "local",  # LOCAL or UNKNOWN (a health check): the balancer's own address
+    "invalid",  # no valid header: closed without a word
+]
+PROXY_HEADER_RESULTS: tuple[ProxyHeaderResult, ...] = get_args(ProxyHeaderResult)
 
 # Upstream connections are often a Unix socket (well under a millisecond)
 # and sometimes a remote host: buckets from 250 us to 10 s.
@@ -183,6 +193,12 @@ class Metrics:
             buckets=_CONNECT_BUCKETS,
             registry=self.registry,
         )
+        self._proxy_headers = Counter(
+            "pgtls_proxy_headers",
+            "Connections from pgtls.proxy_protocol_networks, by what their PROXY header said.",
+            ["result"],
+            registry=self.registry,
+        )
         # Every fixed label value is there from the start, at 0, so rate()
         # and absent() work before the first event of a kind.
         self._active_by = {e: self._sessions_active.labels(e) for e in ENCRYPTIONS}
@@ -190,6 +206,7 @@ class Metrics:
             (o, e): self._sessions.labels(o, e) for o in OUTCOMES for e in ENCRYPTIONS
         }
         self._refusals_by = {r: self._refusals.labels(r) for r in REFUSAL_REASONS}
+        self._proxy_headers_by = {r: self._proxy_headers.labels(r) for r in PROXY_HEADER_RESULTS}
         self._bytes_up = self._bytes.labels("up")
         self._bytes_down = self._bytes.labels("down")
         self._tls_by: dict[tuple[str, str], tuple[Counter, Gauge]] = {}
@@ -199,6 +216,10 @@ class Metrics:
         handshakes, active = self._tls_children(info)
         handshakes.inc()
         active.inc()
+
+    def proxy_header(self, result: ProxyHeaderResult) -> None:
+        """Count a load balancer's connection by its header (L{PROXY_HEADER_RESULTS})."""
+        self._proxy_headers_by[result].inc()
 
     def session_admitted(self, encryption: Encryption) -> None:
         """pg_hba.conf admitted a session; it counts as active until it ends."""

@@ -66,6 +66,17 @@ if [[ -n ${PGTLS_NEED_BENCH_RELAYS:-} ]]; then
     done
 fi
 
+# The PROXY protocol tests put HAProxy in front of pgtls (scripts/test asks for it).
+if [[ -n ${PGTLS_NEED_HAPROXY:-} ]] && ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
+    if can_install; then
+        say "installing Debian's haproxy package, for the PROXY protocol tests"
+        apt_install haproxy
+    else
+        say "haproxy not found: install Debian's haproxy package (the PROXY protocol tests need it)"
+        exit 1
+    fi
+fi
+
 # The service tests verify the systemd units and use systemd-socket-activate.
 if [[ -n ${PGTLS_NEED_SYSTEMD_TOOLS:-} ]] && ! command -v systemd-analyze >/dev/null; then
     if can_install; then

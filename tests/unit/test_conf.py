@@ -4,6 +4,7 @@ Tests for pgtls.conf: postgresql.conf read as PostgreSQL reads it.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 from pathlib import Path
 
@@ -704,6 +705,49 @@ def test_bad_upstream_names_file_and_line(tmp_path: Path) -> None:
     )
 
 
+def test_proxy_protocol_networks(tmp_path: Path) -> None:
+    """pgtls.proxy_protocol_networks: addresses and CIDR networks, IPv4 or IPv6; none by default."""
+    assert _load(tmp_path, "").proxy_protocol_networks == ()
+    loaded = _load(
+        tmp_path, "pgtls.proxy_protocol_networks = ' 10.0.0.0/8 ,192.0.2.7, ::1,fd00::/8'"
+    )
+    assert loaded.proxy_protocol_networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.0.2.7/32"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("fd00::/8"),
+    )
+    assert dict(describe(loaded))["pgtls.proxy_protocol_networks"] == (
+        "10.0.0.0/8,192.0.2.7/32,::1/128,fd00::/8"
+    )
+    assert "pgtls.proxy_protocol_networks" not in RESTART_ONLY
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("10.0.0.5/8", "10.0.0.5/8 has host bits set"),
+        ("lb.example", "'lb.example' does not appear to be an IPv4 or IPv6 network"),
+        ("10.0.0.1,,10.0.0.2", "'' does not appear to be an IPv4 or IPv6 network"),
+    ],
+)
+def test_bad_proxy_protocol_networks(tmp_path: Path, value: str, why: str) -> None:
+    """A bad item is a ConfigError naming the value and the item (host bits set: a typo)."""
+    error = _error(tmp_path, f"pgtls.proxy_protocol_networks = '{value}'\n")
+    assert error.line == 1
+    assert error.reason == (
+        f'invalid value for parameter "pgtls.proxy_protocol_networks": "{value}" ({why})'
+    )
+
+
+def test_proxy_protocol_networks_reload(tmp_path: Path) -> None:
+    """A reload applies a new network list (it is read as each connection is accepted)."""
+    old = _load(tmp_path, "")
+    new = _load(tmp_path, "pgtls.proxy_protocol_networks = '127.0.0.2'\n")
+    assert changed_settings(old, new) == [("pgtls.proxy_protocol_networks", "127.0.0.2")]
+    assert reloaded(old, new).proxy_protocol_networks == (ipaddress.ip_network("127.0.0.2/32"),)
+
+
 def test_explicit_and_raw_values(tmp_path: Path) -> None:
     """explicit names what the file set; raw_values keeps the text as written."""
     loaded = _load(tmp_path, "SSL = On\nauthentication_timeout = 2min\nother.x = 1\n")
@@ -870,6 +914,7 @@ def test_describe(tmp_path: Path) -> None:
         "log_connections",
         "log_disconnections",
         "pgtls.smart_shutdown_timeout",
+        "pgtls.proxy_protocol_networks",
     }
     assert shown["data_directory"] == str(tmp_path)
     assert shown["ssl"] == "on"

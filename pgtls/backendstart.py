@@ -61,6 +61,8 @@ _HEADER_SIZE = _HEADER.size
 _MAX_SECRET_KEY = 256
 _AUTH_SASL = 10
 _TRANSACTION_STATUS = frozenset("ITE")
+# ReadyForQuery and ErrorResponse end the startup phase.
+_FINAL = frozenset((b"Z", b"E"))
 
 
 class _Sentinel(enum.Enum):
@@ -217,12 +219,15 @@ class BackendStartReader:
     they were split.
     """
 
-    __slots__ = ("_buffer", "_consumed", "done")
+    __slots__ = ("_buffer", "_position", "_start", "done")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        # Bytes of the stream before the buffer's first one.
-        self._consumed = 0
+        # Bytes received and not yet read; the next message starts at
+        # _position.  Messages are parsed in place, one copy each.
+        self._buffer = b""
+        self._position = 0
+        # Where the buffer's first byte is in the upstream's stream.
+        self._start = 0
         #: True once the startup phase is over, or the reader gave up.
         self.done = False
 
@@ -231,36 +236,43 @@ class BackendStartReader:
         Take the next bytes the upstream sent (copied: ``data`` may be a
         view of a buffer that is reused).
         """
-        if self.done or len(self._buffer) > MAX_MESSAGE_LENGTH:
+        if self.done:
+            return
+        left = len(self._buffer) - self._position
+        if left > MAX_MESSAGE_LENGTH:
             # Enough is buffered for next_event to decide; more is no use.
             return
-        self._buffer += data
+        if left:
+            self._buffer = self._buffer[self._position :] + bytes(data)
+        else:
+            self._buffer = bytes(data)
+        self._start += self._position
+        self._position = 0
 
     def next_event(self) -> Event | NeedData:
         """The next event, or :data:`NEED_DATA`; never raises."""
         if self.done:
             return NEED_DATA
         buffer = self._buffer
-        if len(buffer) < _HEADER_SIZE:
+        start = self._position
+        if len(buffer) - start < _HEADER_SIZE:
             return NEED_DATA
-        kind, length = _HEADER.unpack_from(buffer)
+        kind, length = _HEADER.unpack_from(buffer, start)
         parse = _PARSERS.get(kind)
         if parse is None:
             return self._give_up(f"message type {kind!r}")
         if length < 4 or length > MAX_MESSAGE_LENGTH:
             return self._give_up(f"message length {length}")
-        end = 1 + length
-        if self._consumed + end > BYTE_BUDGET:
+        end = start + 1 + length
+        if self._start + end > BYTE_BUDGET:
             return self._give_up(f"more than {BYTE_BUDGET} bytes")
         if len(buffer) < end:
             return NEED_DATA
-        body = bytes(buffer[_HEADER_SIZE:end])
-        del buffer[:end]
-        self._consumed += end
-        event = parse(body)
+        self._position = end
+        event = parse(buffer[start + _HEADER_SIZE : end])
         if event is None:
             return self._give_up(f"malformed message of type {kind!r}")
-        if isinstance(event, ReadyForQuery | ErrorResponse):
+        if kind in _FINAL:
             self._finish()
         return event
 
@@ -270,7 +282,8 @@ class BackendStartReader:
 
     def _finish(self) -> None:
         self.done = True
-        self._buffer = bytearray()
+        self._buffer = b""
+        self._position = 0
 
 
 # --- message bodies ---------------------------------------------------------
@@ -298,10 +311,11 @@ def _authentication(body: bytes) -> Authentication | None:
 
 
 def _parameter_status(body: bytes) -> ParameterStatus | None:
-    strings = _strings(body)
-    if strings is None or len(strings) != 2:
+    # Most of a startup: a name and a value, each NUL-terminated.
+    parts = body.split(b"\0")
+    if len(parts) != 3 or parts[2]:
         return None
-    return ParameterStatus(strings[0], strings[1])
+    return ParameterStatus(parts[0].decode("utf-8", "replace"), parts[1].decode("utf-8", "replace"))
 
 
 def _backend_key_data(body: bytes) -> BackendKeyData | None:

@@ -63,6 +63,8 @@ _AUTH_SASL = 10
 _TRANSACTION_STATUS = frozenset("ITE")
 # ReadyForQuery and ErrorResponse end the startup phase.
 _FINAL = frozenset((b"Z", b"E"))
+_NOTHING: frozenset[bytes] = frozenset()
+_PARAMETER_STATUS = frozenset((b"S",))
 
 
 class _Sentinel(enum.Enum):
@@ -219,15 +221,21 @@ class BackendStartReader:
     they were split.
     """
 
-    __slots__ = ("_buffer", "_position", "_start", "done")
+    __slots__ = ("_buffer", "_position", "_skip", "_start", "done")
 
-    def __init__(self) -> None:
+    def __init__(self, *, parameters: bool = True) -> None:
+        """
+        :param parameters: whether to report ParameterStatus messages; when
+            False they are framed (their length checked) but not read, which
+            saves most of the work of a startup (most of its messages).
+        """
         # Bytes received and not yet read; the next message starts at
         # _position.  Messages are parsed in place, one copy each.
         self._buffer = b""
         self._position = 0
         # Where the buffer's first byte is in the upstream's stream.
         self._start = 0
+        self._skip = _NOTHING if parameters else _PARAMETER_STATUS
         #: True once the startup phase is over, or the reader gave up.
         self.done = False
 
@@ -254,20 +262,37 @@ class BackendStartReader:
         if self.done:
             return NEED_DATA
         buffer = self._buffer
+        size = len(buffer)
         start = self._position
-        if len(buffer) - start < _HEADER_SIZE:
-            return NEED_DATA
-        kind, length = _HEADER.unpack_from(buffer, start)
+        skip = self._skip
+        budget = BYTE_BUDGET - self._start
+        header = _HEADER.unpack_from
+        while size - start >= _HEADER_SIZE:
+            kind, length = header(buffer, start)
+            end = start + 1 + length
+            if kind in skip and 4 <= length <= MAX_MESSAGE_LENGTH and end <= budget:
+                if end > size:
+                    break
+                start = end
+                continue
+            self._position = start
+            return self._message(kind, length, end)
+        self._position = start
+        return NEED_DATA
+
+    def _message(self, kind: bytes, length: int, end: int) -> Event | NeedData:
+        """The message of type ``kind`` at the read position, ending at ``end``."""
         parse = _PARSERS.get(kind)
         if parse is None:
             return self._give_up(f"message type {kind!r}")
         if length < 4 or length > MAX_MESSAGE_LENGTH:
             return self._give_up(f"message length {length}")
-        end = start + 1 + length
         if self._start + end > BYTE_BUDGET:
             return self._give_up(f"more than {BYTE_BUDGET} bytes")
+        buffer = self._buffer
         if len(buffer) < end:
             return NEED_DATA
+        start = self._position
         self._position = end
         event = parse(buffer[start + _HEADER_SIZE : end])
         if event is None:

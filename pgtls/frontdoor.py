@@ -594,7 +594,7 @@ class FrontDoor(Protocol):
         self._reader = None
         self.startup = self.startup.brief()
         self.bytes_up += len(first)
-        self._backend = backendstart.BackendStartReader()
+        self._backend = backendstart.BackendStartReader(parameters=False)
         send_or_queue(upstream.transport, first, upstream.transport.write)
         splice(self.transport, upstream.transport)
         self.pump = start_pump(

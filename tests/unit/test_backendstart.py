@@ -98,9 +98,9 @@ SCRAM_EVENTS: list[Event] = [
 CHECK_FAILED = wire.error_response("28000", "SCRAM channel binding check failed")
 
 
-def read(chunks: list[bytes]) -> list[Event]:
+def read(chunks: list[bytes], *, parameters: bool = True) -> list[Event]:
     """Feed ``chunks`` one by one, pulling every event after each."""
-    reader = BackendStartReader()
+    reader = BackendStartReader(parameters=parameters)
     events: list[Event] = []
     for chunk in chunks:
         reader.receive_data(chunk)
@@ -274,6 +274,41 @@ def test_received_views_are_copied() -> None:
     assert reader.next_event() == BackendKeyData(31337)
 
 
+# -- without ParameterStatus -----------------------------------------------
+
+
+@SPLITS
+def test_parameters_can_go_unread(split: Callable[[bytes], list[bytes]]) -> None:
+    """parameters=False: the same startup without its ParameterStatus events."""
+    events = read(split(b"".join(SCRAM_STARTUP)), parameters=False)
+    assert events == [e for e in SCRAM_EVENTS if not isinstance(e, ParameterStatus)]
+
+
+def test_unread_parameters_are_still_framed() -> None:
+    """A ParameterStatus too long, or past the budget, gives up as any message does."""
+    too_long = b"S" + struct.pack("!I", MAX_MESSAGE_LENGTH + 1)
+    events = read([key_data(3) + too_long + ready()], parameters=False)
+    assert events[0] == BackendKeyData(3)
+    assert isinstance(events[1], GaveUp)
+    assert len(events) == 2
+    short = read([b"S\0\0\0\x03" + ready()], parameters=False)
+    assert len(short) == 1 and isinstance(short[0], GaveUp)
+    value = "x" * 60000
+    many = [parameter("p", value)] * (BYTE_BUDGET // 60000 + 1)
+    ending = read([*many, key_data(1)], parameters=False)
+    assert len(ending) == 1 and isinstance(ending[0], GaveUp)
+
+
+def test_an_unread_parameter_split_anywhere() -> None:
+    """A ParameterStatus cut in its header or body is skipped once whole."""
+    stream = parameter("server_version", "15.8") + key_data(8) + ready()
+    for cut in range(1, len(stream)):
+        assert read([stream[:cut], stream[cut:]], parameters=False) == [
+            BackendKeyData(8),
+            ReadyForQuery("I"),
+        ]
+
+
 # -- any bytes ---------------------------------------------------------------
 
 _MESSAGES = st.one_of(
@@ -308,6 +343,23 @@ def test_any_bytes_give_events_or_a_give_up(data: st.DataObject, stream: bytes) 
     if endings:
         assert events[-1] is endings[0]
     assert events == read([stream])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), _STREAMS | st.binary(max_size=80))
+def test_unread_parameters_change_nothing_else(data: st.DataObject, stream: bytes) -> None:
+    """
+    parameters=False: any bytes, split anyhow, never raise, and give the
+    events of a full reading without its ParameterStatus, up to where that
+    reading gave up (an unread ParameterStatus is not checked inside).
+    """
+    events = read(_chunks(data, stream), parameters=False)
+    assert events == read([stream], parameters=False)
+    full = [e for e in read([stream]) if not isinstance(e, ParameterStatus)]
+    if not any(isinstance(e, GaveUp) for e in full):
+        assert events == full
+    else:
+        assert events[: len(full) - 1] == full[:-1]
 
 
 # -- channel-binding refusals ------------------------------------------------

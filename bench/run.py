@@ -377,6 +377,7 @@ class Bench:
                 "cpu_us_per_unit": total.frontend * 1e6 / units,
                 "client_us_per_unit": total.clients * 1e6 / units,
                 "machine_us_per_unit": total.busy * 1e6 / units,
+                "machine_cpu_s": total.elapsed,
                 "idle_percent": 100 * total.idle_fraction,
             }
         return value

@@ -224,10 +224,10 @@ class CpuClock:
         the children its root has reaped (native PostgreSQL's backends).
     :param clients: the client programs this process has run and reaped
         (pgbench, psql).
-    :param busy: the whole machine's, every CPU (/proc/stat: all but idle
-        and iowait).
+    :param busy: the whole machine's, every CPU (/proc/stat: user, nice,
+        system, irq, softirq and steal).
     :param elapsed: the whole machine's CPU time, busy or idle: wall time
-        times the number of CPUs.
+        times the number of CPUs online.
     """
 
     frontend: float
@@ -243,8 +243,18 @@ class CpuClock:
 
     @property
     def idle_fraction(self) -> float:
-        """The share of the machine's CPU time nothing ran (0 when no time passed)."""
-        return 1.0 - self.busy / self.elapsed if self.elapsed > 0 else 0.0
+        """
+        The share of the machine's CPU time nothing ran, from 0 (always busy)
+        to 1 (0 when no time passed).
+
+        busy is counted in whole clock ticks, each charged to what the CPU
+        ran at the tick: a CPU busy all along may be charged up to a tick
+        more than the wall time at each end of the interval.  Below 0 is
+        that rounding: no CPU was idle.
+        """
+        if self.elapsed <= 0:
+            return 0.0
+        return max(0.0, 1.0 - self.busy / self.elapsed)
 
 
 def cpu_clock(frontend_root: int) -> CpuClock:
@@ -252,12 +262,21 @@ def cpu_clock(frontend_root: int) -> CpuClock:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The first line sums every CPU: user nice system idle iowait irq softirq steal ...
     machine = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    now = time.monotonic()
     hertz = os.sysconf("SC_CLK_TCK")
+    # The machine's time is the wall clock's, not the sum of /proc/stat's
+    # fields: on a tickless kernel idle and iowait are computed at each read
+    # and may go backwards between two reads (Linux's tick-sched.c says so:
+    # nr_iowait is updated remotely without synchronization, and a reader
+    # delayed between its clock read and the idle entry it reads gets a
+    # negative delta).  That made a run's idle share negative on a loaded
+    # machine.  The busy fields are charged at ticks and only ever grow.
+    busy = sum(machine) - machine[3] - machine[4]
     return CpuClock(
         frontend=tree_cpu_seconds(frontend_root),
         clients=children.ru_utime + children.ru_stime,
-        busy=(sum(machine) - machine[3] - machine[4]) / hertz,
-        elapsed=sum(machine) / hertz,
+        busy=busy / hertz,
+        elapsed=now * (os.cpu_count() or 1),
     )
 
 

@@ -303,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         text: str = args.run(args)
     except (initdir.InitError, StartupError) as e:
-        print(f"pgtls: {e}", file=sys.stderr)
+        # One line per error (several bad pg_hba.conf lines are each named).
+        for line in str(e).split("\n"):
+            print(f"pgtls: {line}", file=sys.stderr)
         return 1
     sys.stdout.write(text)
     return 0

@@ -60,7 +60,9 @@ class Settings:
     an error when named explicitly).  ``notices`` are log lines the load
     produced without failing (``skipping missing configuration file``);
     ``raw_values`` pairs each explicit name with the text it was given,
-    which is what PostgreSQL quotes in ``parameter "%s" changed to "%s"``.
+    which is what PostgreSQL quotes in ``parameter "%s" changed to "%s"``;
+    ``sources`` says where each explicit name was set (file and line, or
+    ``command line`` and None), for errors found after the load.
     """
 
     data_directory: str
@@ -89,6 +91,7 @@ class Settings:
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
     raw_values: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    sources: tuple[tuple[str, str, int | None], ...] = field(default=(), compare=False)
 
 
 # ---------------------------------------------------------------------------
@@ -890,16 +893,20 @@ def load_settings(data_directory: str, overrides: Mapping[str, str] = _NO_OVERRI
     reader.read_file(main, True, (main, None), 0)
     values: dict[str, Any] = {}
     raw: dict[str, str] = {}
+    sources: dict[str, tuple[str, int | None]] = {}
     for param, item in _last_occurrences(reader.items):
         try:
             values[param.name] = _convert(param, item.value)
         except _InvalidValue as error:
             raise ConfigError(item.path, item.line, error.args[0]) from None
         raw[param.name] = item.value
+        sources[param.name] = (item.path, item.line)
     for param, text, value in from_argv:
         values[param.name] = value
         raw[param.name] = text
-    return _settings(directory, values, raw, reader.notices)
+        sources[param.name] = ("command line", None)
+    settings = _settings(directory, values, raw, reader.notices)
+    return replace(settings, sources=tuple((name, *where) for name, where in sources.items()))
 
 
 def _settings(

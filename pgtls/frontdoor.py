@@ -533,6 +533,18 @@ class FrontDoor(Protocol):
         if self.phase is not Phase.ADMITTING:
             return  # the client left or timed out during the look-up
         decision = self.door.rules.match(client)
+        authenticated = decision.authenticated
+        if authenticated is not None and self.door.settings.log_connections:
+            # PostgreSQL 14+ logs it between "received" and "authorized",
+            # and before a user-map refusal.
+            self.log.info(
+                'connection authenticated: identity="{identity}" method={method} '
+                "({file}:{line_number})",
+                identity=authenticated.identity,
+                method=authenticated.method,
+                file=authenticated.file,
+                line_number=authenticated.line_number,
+            )
         if isinstance(decision, hba.Refusal):
             self.log.warn(
                 "refused host={host} user={user} database={database}: {message}{detail}",
@@ -804,7 +816,7 @@ class FrontDoor(Protocol):
         summary = (_SUMMARY_SSL if info else _SUMMARY_PLAIN).format(
             pid="" if self.backend_pid is None else f" backend_pid={self.backend_pid}", **fields
         )
-        self.log.debug("session {summary}", summary=summary, **fields)
+        self.log.info("session {summary}", summary=summary, **fields)
 
 
 _SUMMARY_FIELDS = (

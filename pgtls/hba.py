@@ -2,7 +2,8 @@
 pg_hba.conf and pg_ident.conf: parse and match, as PostgreSQL 16 does.
 
 load_rules() reads both files (and everything they include) once, and
-either returns Rules or raises HbaError for the first bad line.
+either returns Rules or raises HbaErrors naming every bad line, as
+PostgreSQL logs each one.
 Rules.match() then decides each connection without any I/O: the Twisted
 shell fills in the facts that need I/O (the verified client host name, from
 resolve_client_hostname, and this machine's interfaces, from
@@ -41,9 +42,11 @@ from pgtls._hostname import resolve_client_hostname
 
 __all__ = [
     "Admission",
+    "Authenticated",
     "Client",
     "ClientCert",
     "HbaError",
+    "HbaErrors",
     "Refusal",
     "Rules",
     "load_rules",
@@ -77,6 +80,29 @@ class HbaError(Exception):
         super().__init__(f"{where}: {reason}")
 
 
+class HbaErrors(HbaError):
+    """
+    Every bad line of a load, in PostgreSQL's order (lines that do not
+    tokenize, then lines that do not parse, pg_hba.conf before
+    pg_ident.conf).  ``path``, ``line`` and ``reason`` are the first
+    error's; ``str()`` is one ``FILE:LINE: reason`` line per error.
+
+    :ivar hba_errors: the errors in pg_hba.conf and what it includes.
+    :ivar ident_errors: the errors in pg_ident.conf and what it includes.
+    :ivar errors: both, in that order.
+    """
+
+    def __init__(self, hba_errors: Sequence[HbaError], ident_errors: Sequence[HbaError]) -> None:
+        self.hba_errors: tuple[HbaError, ...] = tuple(hba_errors)
+        self.ident_errors: tuple[HbaError, ...] = tuple(ident_errors)
+        self.errors: tuple[HbaError, ...] = self.hba_errors + self.ident_errors
+        first = self.errors[0]
+        super().__init__(first.path, first.line, first.reason)
+
+    def __str__(self) -> str:
+        return "\n".join(HbaError.__str__(error) for error in self.errors)
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
     """
@@ -104,6 +130,27 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True)
+class Authenticated:
+    """
+    An identity a pg_hba.conf line authenticated, which PostgreSQL 14 and
+    later log with log_connections (auth.c set_authn_id): only the ``cert``
+    method does so here (the certificate's subject DN, even when its CN is
+    what maps to the user); trust authenticates no one, and the password
+    methods are the upstream's to log.
+
+    :ivar identity: the authenticated identity.
+    :ivar method: the line's method.
+    :ivar file: the file holding the line.
+    :ivar line_number: its line number.
+    """
+
+    identity: str
+    method: str
+    file: str
+    line_number: int
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     """
     The connection may pass.
@@ -122,6 +169,13 @@ class Admission:
     line_text: str
     identity: str | None
 
+    @property
+    def authenticated(self) -> Authenticated | None:
+        """The identity to log, with the line that authenticated it."""
+        if self.identity is None:
+            return None
+        return Authenticated(self.identity, self.method, self.file, self.line_number)
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -131,11 +185,15 @@ class Refusal:
     :ivar sqlstate: PostgreSQL's SQLSTATE for this refusal.
     :ivar message: PostgreSQL's message, sent to the client.
     :ivar log_detail: why, for the server log only (never sent).
+    :ivar authenticated: the identity the line authenticated before the
+        refusal (``cert`` whose name does not map to the user), which
+        PostgreSQL logs before it refuses.
     """
 
     sqlstate: str
     message: str
     log_detail: str | None
+    authenticated: Authenticated | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -266,6 +324,9 @@ class _Tokenizer:
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
+        # Lines that could not be tokenized (a bad include or @file); the
+        # rest of the file is read, as PostgreSQL 16's tokenize_auth_file does.
+        self.errors: list[HbaError] = []
 
     def read(self, path: str, depth: int, where: tuple[str, int | None]) -> list[_TokenizedLine]:
         """
@@ -289,9 +350,12 @@ class _Tokenizer:
             raise HbaError(*where, reason) from None
         lines: list[_TokenizedLine] = []
         for number, raw in _logical_lines(text):
-            fields = self._fields(raw, path, number, depth)
-            if fields:
-                lines.extend(self._include_or_line(fields, path, number, raw, depth))
+            try:
+                fields = self._fields(raw, path, number, depth)
+                if fields:
+                    lines.extend(self._include_or_line(fields, path, number, raw, depth))
+            except HbaError as error:
+                self.errors.append(error)
         return lines
 
     def read_if_exists(
@@ -1387,7 +1451,12 @@ class Rules:
                 )
         sqlstate = "28P01" if line.method in _PASSWORD_METHODS else "28000"
         message = _AUTH_FAILED[line.method].format(user)
-        return Refusal(sqlstate, message, "\n".join([*reasons, line.matched]))
+        # cert authenticates the DN as soon as the certificate has a name,
+        # before the user map is checked (auth.c CheckCertAuth).
+        authenticated = None
+        if line.method == "cert" and name:
+            authenticated = Authenticated(cert.dn, line.method, line.path, line.number)
+        return Refusal(sqlstate, message, "\n".join([*reasons, line.matched]), authenticated)
 
 
 def _encryption(client: Client) -> str:
@@ -1446,16 +1515,37 @@ def load_rules(
     :param client_ca_loaded: whether a root certificate store is loaded
         (clientcert and cert refuse connections otherwise).
     :param local_networks: this machine's interfaces, for samehost/samenet.
-    :raises HbaError: for the first error, in file order.
+    :raises HbaError: pg_hba.conf cannot be opened.
+    :raises HbaErrors: for every bad line of both files (and a pg_ident.conf
+        that exists but cannot be read); nothing is loaded.
     """
     tokenizer = _Tokenizer()
     hba_lines = tokenizer.read(hba_path, 0, (hba_path, None))
+    hba_errors, tokenizer.errors = tokenizer.errors, []
     rule_warnings: list[str] = []
-    lines = [_HbaLineParser(line, ssl_enabled, rule_warnings).parse() for line in hba_lines]
-    if not lines:
+    lines = []
+    for line in hba_lines:
+        try:
+            lines.append(_HbaLineParser(line, ssl_enabled, rule_warnings).parse())
+        except HbaError as error:
+            hba_errors.append(error)
+    if not lines and not hba_errors:
         raise HbaError(hba_path, None, f'configuration file "{hba_path}" contains no entries')
-    ident_lines = tokenizer.read_if_exists(ident_path, 0, (ident_path, None)) or []
-    ident = [_parse_ident_line(line) for line in ident_lines]
+    ident_errors: list[HbaError] = []
+    try:
+        ident_lines = tokenizer.read_if_exists(ident_path, 0, (ident_path, None)) or []
+    except HbaError as error:  # pg_ident.conf exists but cannot be read
+        ident_lines = []
+        ident_errors.append(error)
+    ident_errors += tokenizer.errors
+    ident = []
+    for line in ident_lines:
+        try:
+            ident.append(_parse_ident_line(line))
+        except HbaError as error:
+            ident_errors.append(error)
+    if hba_errors or ident_errors:
+        raise HbaErrors(hba_errors, ident_errors)
     return Rules(
         lines,
         ident,

@@ -744,7 +744,7 @@ def init_summary(result: InitResult) -> str:
         + "; pgtls.upstream in postgresql.conf says where.",
         "",
         "Start pgtls:",
-        f"  twistd -n pgtls -D {shlex.quote(d)}",
+        f"  twistd --nodaemon --pidfile= pgtls -D {shlex.quote(d)}",
         "Connect, checking the server's certificate:",
         f"  {result.psql}",
     ]

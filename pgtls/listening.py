@@ -13,8 +13,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import gatherResults
-from twisted.internet.endpoints import quoteStringArgument, serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    quoteStringArgument,
+    serverFromString,
+)
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -22,7 +26,14 @@ from pgtls.frontdoor import FrontDoorFactory
 from pgtls.loader import StartupError
 from pgtls.relayreactor import dispatch_directly
 
-__all__ = ["ListenService", "inherited_descriptions", "listen_descriptions"]
+__all__ = ["ListenService", "Listenable", "inherited_descriptions", "listen_descriptions"]
+
+#: What ListenService listens on: an endpoint description, or an endpoint
+#: (a socket passed without a name, which no description can name).
+Listenable = str | IStreamServerEndpoint
+
+#: The first descriptor systemd passes (sd_listen_fds(3)).
+SD_LISTEN_FDS_START = 3
 
 
 def listen_descriptions(listen_addresses: str, port: int) -> list[list[str]]:
@@ -46,34 +57,75 @@ def listen_descriptions(listen_addresses: str, port: int) -> list[list[str]]:
     return groups
 
 
-def inherited_descriptions(reactor: Any, environ: Mapping[str, str] | None = None) -> list[str]:
+def inherited_descriptions(
+    reactor: Any, environ: Mapping[str, str] | None = None, *, start: int = SD_LISTEN_FDS_START
+) -> list[Listenable]:
     """
-    Endpoint descriptions for the sockets systemd passed (socket activation),
-    in systemd's order; empty when it passed none.
+    What to listen on for the sockets systemd passed (socket activation), in
+    systemd's order; empty when it passed none to this process.
 
     Twisted's ``systemd:`` endpoint reads LISTEN_PID and LISTEN_FDS when it is
-    imported (and removes them from the environment); it keeps the sockets
-    only when LISTEN_FDNAMES names each of them, which systemd does and
-    ``systemd-socket-activate`` does with ``--fdname``.  LISTEN_FDNAMES is
-    left in the environment, so it gives the count; Twisted's parser refuses
-    an index it does not hold, which is how sockets meant for another
-    process (LISTEN_PID not ours) are told apart.
+    imported (and removes them from the environment, which is why the
+    environment the process started with is read here); it keeps the
+    sockets only when LISTEN_FDNAMES names each of them, which systemd does
+    and ``systemd-socket-activate`` does with ``--fdname``.  Named sockets
+    are served through it; unnamed ones (``systemd-socket-activate`` without
+    ``--fdname``, or a manager that sets no names) are adopted by descriptor.
 
     @param reactor: the reactor the endpoints are for.
-    @param environ: the environment (default: this process's).
-    @raise StartupError: a passed socket is not a TCP stream socket.
+    @param environ: the environment the process started with (default: read
+        from /proc/self/environ, else this process's).
+    @param start: the first passed descriptor.
+    @raise StartupError: LISTEN_FDS or LISTEN_FDNAMES make no sense, or a
+        passed socket is not a listening TCP socket.
     """
-    env = os.environ if environ is None else environ
-    names = env.get("LISTEN_FDNAMES", "")
-    descriptions = []
-    for index, name in enumerate(names.split(":") if names else []):
+    env = _environment_at_start() if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()):
+        return []  # none, or meant for another process
+    text = env.get("LISTEN_FDS")
+    if text is None:
+        return []
+    try:
+        count = int(text)
+    except ValueError:
+        raise StartupError(f'LISTEN_FDS "{text}" is not a number of sockets') from None
+    names_text = env.get("LISTEN_FDNAMES", "")
+    names = names_text.split(":") if names_text else []
+    if names and len(names) != count:
+        raise StartupError(
+            f"systemd passed {count} socket(s) (LISTEN_FDS) but named {len(names)} (LISTEN_FDNAMES)"
+        )
+    listenables: list[Listenable] = []
+    for index in range(max(count, 0)):
+        if not names:
+            fileno = start + index
+            domain = _tcp_domain(fileno, f"socket {index} passed by systemd (unnamed)")
+            family = socket.AF_INET6 if domain == "INET6" else socket.AF_INET
+            listenables.append(AdoptedStreamServerEndpoint(reactor, fileno, family))
+            continue
+        what = f'socket {index} ("{names[index]}") passed by systemd'
         try:
             endpoint = serverFromString(reactor, f"systemd:domain=INET:index={index}")
         except IndexError:
-            return []
-        domain = _tcp_domain(endpoint.fileno, f'socket {index} ("{name}") passed by systemd')
-        descriptions.append(f"systemd:domain={domain}:index={index}")
-    return descriptions
+            raise StartupError(f"{what}: Twisted's systemd endpoint does not hold it") from None
+        domain = _tcp_domain(endpoint.fileno, what)
+        listenables.append(f"systemd:domain={domain}:index={index}")
+    return listenables
+
+
+def _environment_at_start() -> Mapping[str, str]:
+    """
+    The environment this process was started with, LISTEN_FDS included
+    (Twisted has removed it from os.environ by now): Linux keeps the
+    original in /proc/self/environ.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return os.environ
+    pairs = (item.split(b"=", 1) for item in data.split(b"\0") if b"=" in item)
+    return {os.fsdecode(name): os.fsdecode(value) for name, value in pairs}
 
 
 def _tcp_domain(fileno: int, what: str) -> str:
@@ -124,12 +176,12 @@ class ListenService(Service):
     log = Logger()
 
     def __init__(
-        self, reactor: Any, factory: FrontDoorFactory, inherited: Sequence[str] = ()
+        self, reactor: Any, factory: FrontDoorFactory, inherited: Sequence[Listenable] = ()
     ) -> None:
         """
-        @param inherited: descriptions of sockets passed by systemd (see
-            L{inherited_descriptions}); when any, listen_addresses and port
-            are not used.
+        @param inherited: what to listen on for the sockets passed by systemd
+            (see L{inherited_descriptions}); when any, listen_addresses and
+            port are not used.
         """
         self.reactor = reactor
         self.factory = factory
@@ -144,19 +196,27 @@ class ListenService(Service):
                 "and port are not used",
                 count=len(self.inherited),
             )
-            groups = [[description] for description in self.inherited]
+            groups: list[list[Listenable]] = [[listenable] for listenable in self.inherited]
         else:
-            groups = listen_descriptions(settings.listen_addresses, settings.port)
+            groups = [
+                list(group)
+                for group in listen_descriptions(settings.listen_addresses, settings.port)
+            ]
         for group in groups:
             self._listen_first(group)
         if not self.ports:
             raise SystemExit("pgtls: could not create any TCP/IP sockets")
         super().privilegedStartService()
 
-    def _listen_first(self, group: list[str]) -> None:
+    def _listen_first(self, group: list[Listenable]) -> None:
         for description in group:
             outcome: list[Any] = []
-            serverFromString(self.reactor, description).listen(self.factory).addBoth(outcome.append)
+            endpoint = (
+                serverFromString(self.reactor, description)
+                if isinstance(description, str)
+                else description
+            )
+            endpoint.listen(self.factory).addBoth(outcome.append)
             if outcome and not isinstance(outcome[0], Failure):
                 port: IListeningPort = outcome[0]
                 self.ports.append(port)

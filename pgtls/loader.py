@@ -9,14 +9,28 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from twisted.internet.endpoints import serverFromString
+
 from pgtls import conf, hba, tlsctx
 from pgtls._ifaddrs import local_networks
 
-__all__ = ["ServerConfig", "StartupError", "load_hba", "load_server_config"]
+__all__ = [
+    "ServerConfig",
+    "StartupError",
+    "load_hba",
+    "load_server_config",
+    "server_endpoint_problem",
+]
+
+#: What an endpoint setting looks like, for messages.
+_ENDPOINT_EXAMPLE = "tcp:9187:interface=127.0.0.1"
 
 
 class StartupError(Exception):
-    """pgtls cannot start; ``str()`` is one line naming the file."""
+    """
+    pgtls cannot start; ``str()`` is one line naming the file, or one such
+    line per bad line when pg_hba.conf or pg_ident.conf has several.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +43,7 @@ class ServerConfig:
 
 
 def load_hba(settings: conf.Settings, tls: tlsctx.ServerTLS | None) -> hba.Rules:
-    """pg_hba.conf and pg_ident.conf of the data directory; raises HbaError."""
+    """pg_hba.conf and pg_ident.conf of the data directory; raises HbaError (HbaErrors)."""
     return hba.load_rules(
         os.path.join(settings.data_directory, "pg_hba.conf"),
         os.path.join(settings.data_directory, "pg_ident.conf"),
@@ -55,6 +69,7 @@ def load_server_config(
         raise StartupError(f"{data_directory}: data directory does not exist")
     try:
         settings = conf.load_settings(data_directory, overrides or {})
+        _check_endpoint_setting(settings, "pgtls.metrics_listen", settings.metrics_listen)
         tls = (
             tlsctx.load_server_tls(settings, ask_passphrase=ask_passphrase)
             if settings.ssl
@@ -64,3 +79,41 @@ def load_server_config(
     except (conf.ConfigError, hba.HbaError, tlsctx.TLSConfigError) as error:
         raise StartupError(str(error)) from None
     return ServerConfig(settings, rules, tls)
+
+
+def server_endpoint_problem(description: str) -> str | None:
+    """
+    Why ``description`` is not a Twisted server endpoint string, in our
+    words (Twisted's would be Python's: ``invalid literal for int()``), or
+    None when Twisted's parser takes it.  Nothing listens: the endpoint is
+    made and dropped, and an endpoint only keeps the reactor it is given.
+    """
+    try:
+        serverFromString(object(), description)
+    except OSError as error:
+        # An ssl: endpoint reads its certificate files at once.
+        return f"not a usable endpoint: {error.filename}: {error.strerror}"
+    except (ValueError, TypeError, KeyError, IndexError):
+        return f"not a server endpoint string (write one such as {_ENDPOINT_EXAMPLE})"
+    return None
+
+
+def _check_endpoint_setting(settings: conf.Settings, name: str, description: str) -> None:
+    """
+    An endpoint setting that Twisted cannot parse stops the start at the
+    line that set it.
+
+    @raise conf.ConfigError: naming the file and line (or ``command line``).
+    """
+    if not description:
+        return
+    problem = server_endpoint_problem(description)
+    if problem is None:
+        return
+    path, line = next(
+        ((path, line) for setting, path, line in settings.sources if setting == name),
+        ("command line", None),
+    )
+    raise conf.ConfigError(
+        path, line, f'invalid value for parameter "{name}": "{description}": {problem}'
+    )

@@ -10,12 +10,12 @@ L{twisted.logger.eventsFromJSONLogFile} reads back), plus ``text``, the
 formatted line, and ``level``, the level's name, so that a shipper needs no
 Twisted to show it.
 
-Every connection ends with one ``session`` event (see pgtls.frontdoor) with
-the fields peer, host, port, proxy (the load balancer's address, see
-pgtls.proxyheader), user, database, ssl, protocol, cipher, outcome,
-reason, detail, bytes_up, bytes_down, duration, backend_pid (the upstream
-backend's process ID, or None) and summary: the text after ``session``,
-formatted when the event is made.
+Every connection ends with one ``session`` event at level info, the access
+log (see pgtls.frontdoor), with the fields peer, host, port, proxy (the
+load balancer's address, see pgtls.proxyheader), user, database, ssl,
+protocol, cipher, outcome, reason, detail, bytes_up, bytes_down, duration,
+backend_pid (the upstream backend's process ID, or None) and summary: the
+text after ``session``, formatted when the event is made.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from twisted.web.server import Site
 
 from pgtls import hba
 from pgtls.conf import Settings
-from pgtls.loader import StartupError
+from pgtls.loader import StartupError, server_endpoint_problem
 from pgtls.tlsctx import TLSInfo
 
 __all__ = [
@@ -328,9 +328,12 @@ class MetricsService(Service):
         """
         try:
             self.endpoint = serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError, IndexError) as error:
+        except (ValueError, TypeError, KeyError, IndexError, OSError):
+            # The load checked it (server_endpoint_problem): only a caller
+            # that skipped the load comes here.
+            problem = server_endpoint_problem(description)
             raise StartupError(
-                f'invalid value for parameter "pgtls.metrics_listen": "{description}" ({error})'
+                f'invalid value for parameter "pgtls.metrics_listen": "{description}": {problem}'
             ) from None
         self.description = description
         self.metrics = metrics

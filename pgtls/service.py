@@ -52,16 +52,17 @@ start; SIGHUP re-reads pg_hba.conf, pg_ident.conf and the reloadable settings.
 A passphrase-protected server.key is asked for on the terminal before twistd
 daemonizes, unless ssl_passphrase_command is set.
 
-Started by systemd socket activation (LISTEN_FDS, LISTEN_PID and
-LISTEN_FDNAMES), pgtls serves the TCP sockets it was passed and ignores
-listen_addresses and port. SIGTERM is a smart shutdown (new sessions are
-refused, open ones may end within pgtls.smart_shutdown_timeout), SIGINT a
-fast one (each session gets FATAL 57P01). With NOTIFY_SOCKET set (systemd's
-Type=notify) pgtls reports READY, RELOADING, STOPPING and a STATUS line.
+Started by systemd socket activation (LISTEN_FDS, LISTEN_PID, and
+LISTEN_FDNAMES if set), pgtls serves the TCP sockets it was passed, named
+or not, and ignores listen_addresses and port. SIGTERM is a smart shutdown
+(new sessions are refused, open ones may end within
+pgtls.smart_shutdown_timeout), SIGINT a fast one (each session gets FATAL
+57P01). With NOTIFY_SOCKET set (systemd's Type=notify) pgtls reports READY,
+RELOADING, STOPPING and a STATUS line.
 
 Examples:
   twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls
-  twistd -n pgtls -D ./demo -p 6432 -c log_connections=on
+  twistd --nodaemon --pidfile= pgtls -D ./demo -p 6432 -c log_connections=on
 """
 
 
@@ -69,7 +70,9 @@ class Options(usage.Options):
     """Command line of ``twistd pgtls``."""
 
     synopsis = "[-D DIR] [-p PORT] [-h ADDRESSES] [-c NAME=VALUE ...]"
-    longdesc = _LONGDESC
+    # Empty, so that usage.Options does not wrap _LONGDESC into one paragraph
+    # (it runs the examples together); getUsage adds it as written.
+    longdesc = ""
 
     optParameters = [
         [
@@ -101,6 +104,11 @@ class Options(usage.Options):
         self["overrides"][name.strip()] = value
 
     opt_set = opt_c
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The options as Twisted lists them, then the description as written."""
+        usage_text: str = super().getUsage(width)
+        return f"{usage_text}\n{_LONGDESC}"
 
     def postOptions(self) -> None:
         if self["pgdata"] is None:
@@ -264,10 +272,13 @@ class ReloadService(Service):
             rules = load_hba(self.factory.settings, self.factory.tls)
         except hba.HbaError as error:
             # Both files are swapped together, so neither changes; the log
-            # names the one at fault, as PostgreSQL's does.
-            which = "pg_ident.conf" if "pg_ident" in os.path.basename(error.path) else "pg_hba.conf"
-            self.log.warn("{error}", error=str(error))
-            self.log.warn("{which} was not reloaded", which=which)
+            # has each bad line, then names the file at fault, as
+            # PostgreSQL's does.
+            errors = error.errors if isinstance(error, hba.HbaErrors) else (error,)
+            for each in errors:
+                self.log.warn("{error}", error=str(each))
+            for which in _not_reloaded(error):
+                self.log.warn("{which} was not reloaded", which=which)
         else:
             for warning in rules.warnings:
                 self.log.warn("{warning}", warning=warning)
@@ -281,6 +292,14 @@ class ReloadService(Service):
         for name, value in conf.changed_settings(old, new):
             self.log.info('parameter "{name}" changed to "{value}"', name=name, value=value)
         return conf.reloaded(old, new)
+
+
+def _not_reloaded(error: hba.HbaError) -> list[str]:
+    """The files whose errors kept the rules in force, as PostgreSQL names them."""
+    if not isinstance(error, hba.HbaErrors):
+        return ["pg_hba.conf"]  # it could not be opened
+    files = ["pg_hba.conf"] if error.hba_errors else []
+    return files + (["pg_ident.conf"] if error.ident_errors else [])
 
 
 def makeService(options: Options) -> MultiService:
@@ -298,7 +317,8 @@ def makeService(options: Options) -> MultiService:
             listen_descriptions(config.settings.listen_addresses, config.settings.port)
         metrics = metrics_service(reactor, config.settings)
     except StartupError as error:
-        raise SystemExit(f"pgtls: {error}") from None
+        # One line per error (several bad pg_hba.conf lines are each named).
+        raise SystemExit("\n".join(f"pgtls: {line}" for line in str(error).split("\n"))) from None
     factory = FrontDoorFactory(
         config.settings,
         config.rules,

@@ -14,6 +14,7 @@ module never touches the reactor.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import re
@@ -48,6 +49,7 @@ __all__ = [
     "TLSInfo",
     "check_key_file_permissions",
     "describe_connection",
+    "file_setting",
     "load_server_tls",
     "rfc2253_name",
     "run_passphrase_command",
@@ -240,14 +242,28 @@ def load_server_tls(
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    leaf = _load_certificate_chain(context, settings.ssl_cert_file)
+    leaf = _load_certificate_chain(
+        context, settings.ssl_cert_file, file_setting(settings, "ssl_cert_file")
+    )
     key = _load_private_key(settings, ask_passphrase, max_attempts, command_timeout)
-    _use_private_key(context, settings.ssl_key_file, key, leaf)
+    _use_private_key(context, file_setting(settings, "ssl_key_file"), key, leaf)
     del key
-    _set_protocol_versions(context, settings)
+    # These fail on a setting's value: the line names where it was set.
+    try:
+        _set_protocol_versions(context, settings)
+    except TLSConfigError as error:
+        raise _located(
+            settings, error, "ssl_min_protocol_version", "ssl_max_protocol_version"
+        ) from None
     _set_session_policy(context, settings)
-    _set_ecdh_curve(context, settings.ssl_ecdh_curve)
-    _set_cipher_list(context, settings.ssl_ciphers)
+    try:
+        _set_ecdh_curve(context, settings.ssl_ecdh_curve)
+    except TLSConfigError as error:
+        raise _located(settings, error, "ssl_ecdh_curve") from None
+    try:
+        _set_cipher_list(context, settings.ssl_ciphers)
+    except TLSConfigError as error:
+        raise _located(settings, error, "ssl_ciphers") from None
     context.set_alpn_select_callback(_select_alpn)
     verify_clients = _load_client_ca(context, settings)
     if verify_clients:
@@ -285,7 +301,9 @@ def describe_connection(conn: SSL.Connection) -> TLSInfo:
     )
 
 
-def check_key_file_permissions(path: str, *, euid: int | None = None) -> None:
+def check_key_file_permissions(
+    path: str, *, euid: int | None = None, shown: str | None = None
+) -> None:
     """
     Refuse a private key file others could read, as PostgreSQL 11+ does.
 
@@ -294,21 +312,23 @@ def check_key_file_permissions(path: str, *, euid: int | None = None) -> None:
 
     @param path: the key file.
     @param euid: the server's user id; the effective uid by default.
+    @param shown: the name the messages quote (default: ``path``).
     @raise TLSConfigError: the file cannot be stat'ed or is unsafe.
     """
     if euid is None:
         euid = os.geteuid()
+    name = path if shown is None else shown
     try:
         st = os.stat(path)
     except OSError as error:
         raise TLSConfigError(
-            f'could not access private key file "{path}": {error.strerror}'
+            f'could not access private key file "{name}": {error.strerror}'
         ) from None
     if not stat.S_ISREG(st.st_mode):
-        raise TLSConfigError(f'private key file "{path}" is not a regular file')
+        raise TLSConfigError(f'private key file "{name}" is not a regular file')
     if st.st_uid not in (euid, 0):
         raise TLSConfigError(
-            f'private key file "{path}" must be owned by the database user or root'
+            f'private key file "{name}" must be owned by the database user or root'
         )
     # Root's group may be how a non-root server reads system-wide keys, so a
     # root-owned key may be group-readable.  Checked first: pgtls may run as
@@ -319,7 +339,7 @@ def check_key_file_permissions(path: str, *, euid: int | None = None) -> None:
         forbidden = stat.S_IRWXG | stat.S_IRWXO
     if st.st_mode & forbidden:
         raise TLSConfigError(
-            f'private key file "{path}" has group or world access', _KEY_MODE_DETAIL
+            f'private key file "{name}" has group or world access', _KEY_MODE_DETAIL
         )
 
 
@@ -369,7 +389,7 @@ def terminal_passphrase(prompt: str) -> str:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError as error:
         raise TLSConfigError(
-            f"cannot ask for the private key pass phrase: no terminal ({error.strerror})",
+            f"no terminal to ask for its pass phrase ({error.strerror})",
             "run pgtls in the foreground on a terminal, or set ssl_passphrase_command",
         ) from None
     os.close(fd)
@@ -380,9 +400,7 @@ def terminal_passphrase(prompt: str) -> str:
         try:
             return getpass.getpass(prompt)
         except (getpass.GetPassWarning, EOFError):
-            raise TLSConfigError(
-                "cannot ask for the private key pass phrase: the terminal gave no answer"
-            ) from None
+            raise TLSConfigError("the terminal gave no pass phrase") from None
 
 
 def _openssl_reason(error: Exception) -> str:
@@ -400,16 +418,17 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-def _load_certificate_chain(context: SSL.Context, path: str) -> x509.Certificate | None:
+def _load_certificate_chain(context: SSL.Context, path: str, shown: str) -> x509.Certificate | None:
     """
     Load the server certificate and any intermediates after it.
 
+    @param shown: the file's name as ssl_cert_file gives it, for messages.
     @return: the server certificate, for the key check; None if only
         OpenSSL's chain reader understood the file.
     """
 
     def failed(reason: str) -> TLSConfigError:
-        return TLSConfigError(f'could not load server certificate file "{path}": {reason}')
+        return TLSConfigError(f'could not load server certificate file "{shown}": {reason}')
 
     # OpenSSL 3 reports a missing file with an empty reason: read it here to
     # get "No such file or directory" as PostgreSQL prints it.
@@ -435,29 +454,35 @@ def _load_private_key(
 ) -> _PrivateKey:
     """Check, read and (if need be) decrypt the key file."""
     path = settings.ssl_key_file
-    check_key_file_permissions(path)
+    shown = file_setting(settings, "ssl_key_file")
+    check_key_file_permissions(path, shown=shown)
     try:
         data = _read_file(path)
     except OSError as error:
-        raise _key_error(path, error.strerror or str(error)) from None
+        raise _key_error(shown, error.strerror or str(error)) from None
     if not _PEM_PRIVATE_KEY.search(data):
-        raise _key_error(path, "no PEM private key found")
+        raise _key_error(shown, "no PEM private key found")
     if not _PEM_ENCRYPTED.search(data):
-        return _parse_key(path, data, b"")
+        return _parse_key(shown, data, b"")
     if settings.ssl_passphrase_command:
-        passphrase = run_passphrase_command(
-            settings.ssl_passphrase_command, timeout=command_timeout
-        )
         try:
-            return _parse_key(path, data, passphrase)
+            passphrase = run_passphrase_command(
+                settings.ssl_passphrase_command, timeout=command_timeout
+            )
+        except TLSConfigError as error:
+            # PostgreSQL's line names the command only; this one the key too.
+            raise _key_error(shown, error.message, error.detail) from None
+        try:
+            return _parse_key(shown, data, passphrase)
         finally:
             del passphrase
     if ask_passphrase is None:
-        raise TLSConfigError(
-            f'private key file "{path}" requires a passphrase',
+        raise _key_error(
+            shown,
+            "it requires a pass phrase",
             "run pgtls in the foreground on a terminal to type it, or set ssl_passphrase_command",
         )
-    return _ask_until_right(path, data, ask_passphrase, max_attempts)
+    return _ask_until_right(shown, data, ask_passphrase, max_attempts)
 
 
 def _ask_until_right(
@@ -466,7 +491,13 @@ def _ask_until_right(
     """Ask for the passphrase until it decrypts the key, at most max_attempts times."""
     last_error: TLSConfigError | None = None
     for _ in range(max_attempts):
-        answer = ask_passphrase(PASSPHRASE_PROMPT).encode("utf-8")
+        try:
+            answer = ask_passphrase(PASSPHRASE_PROMPT).encode("utf-8")
+        except TLSConfigError as error:
+            # No terminal, or it went away: the line names the key, as
+            # PostgreSQL's does (its reason, OpenSSL's "processing error",
+            # says less).
+            raise _key_error(path, error.message, error.detail) from None
         try:
             return _parse_key(path, data, answer)
         except TLSConfigError as error:
@@ -496,8 +527,41 @@ def _parse_key(path: str, data: bytes, passphrase: bytes) -> _PrivateKey:
     return key
 
 
-def _key_error(path: str, reason: str) -> TLSConfigError:
-    return TLSConfigError(f'could not load private key file "{path}": {reason}')
+def _key_error(shown: str, reason: str, detail: str | None = None) -> TLSConfigError:
+    return TLSConfigError(f'could not load private key file "{shown}": {reason}', detail)
+
+
+def _located(settings: Settings, error: TLSConfigError, *names: str) -> TLSConfigError:
+    """
+    ``error`` prefixed with where the first of ``names`` that was set was set
+    (``FILE:LINE: `` or ``command line: ``), as configuration errors are; a
+    default value has no place to name.
+    """
+    for setting, path, line in settings.sources:
+        if setting in names:
+            where = f"{path}:{line}" if line is not None else path
+            return TLSConfigError(f"{where}: {error.message}", error.detail)
+    return error
+
+
+def file_setting(settings: Settings, name: str) -> str:
+    """
+    A file setting's value as written (``server.key``), which is how
+    PostgreSQL's messages name the file, rather than the absolute path
+    pgtls opens (relative names are relative to the data directory).
+
+    @param name: ``ssl_cert_file``, ``ssl_key_file``, ``ssl_ca_file`` or
+        ``ssl_crl_file``.
+    """
+    for setting, text in settings.raw_values:
+        if setting == name:
+            return text
+    path: str = getattr(settings, name)
+    (default,) = [f.default for f in dataclasses.fields(Settings) if f.name == name]
+    assert isinstance(default, str)
+    if path == os.path.normpath(os.path.join(settings.data_directory, default)):
+        return default
+    return path
 
 
 def _use_private_key(
@@ -609,8 +673,10 @@ def _load_client_ca(context: SSL.Context, settings: Settings) -> bool:
     if not _wanted(settings, "ssl_ca_file", path):
         return False
 
+    shown = file_setting(settings, "ssl_ca_file")
+
     def failed(reason: str) -> TLSConfigError:
-        return TLSConfigError(f'could not load root certificate file "{path}": {reason}')
+        return TLSConfigError(f'could not load root certificate file "{shown}": {reason}')
 
     try:
         _read_file(path)
@@ -631,9 +697,11 @@ def _load_crl(context: SSL.Context, settings: Settings) -> None:
     if not _wanted(settings, "ssl_crl_file", path):
         return
 
+    shown = file_setting(settings, "ssl_crl_file")
+
     def failed(reason: str) -> TLSConfigError:
         return TLSConfigError(
-            f'could not load SSL certificate revocation list file "{path}": {reason}'
+            f'could not load SSL certificate revocation list file "{shown}": {reason}'
         )
 
     try:

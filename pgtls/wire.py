@@ -348,9 +348,11 @@ class UnsupportedProtocol(ProtocolError):
     def response(self) -> bytes:
         """
         Return the error in the client's protocol: PostgreSQL 14+ answers a
-        2.x (or older) client in the version 2 format.
+        2.x (or older) client in the version 2 format, except version 0.0,
+        which to its send_message_to_frontend means "protocol not set yet"
+        and gets the version 3 format.
         """
-        if self.major < _SUPPORTED_MAJOR:
+        if self.major < _SUPPORTED_MAJOR and (self.major, self.minor) != (0, 0):
             return v2_error(self.message)
         return super().response()
 

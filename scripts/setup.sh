@@ -2,7 +2,7 @@
 # machine lacks (PostgreSQL's server binaries, python3-venv), create .venv
 # and install pgtls into it.  Sourced from the repository root.
 
-say() { printf '%s: %s\n' "${SCRIPT_NAME:-pgtls}" "$*" >&2; }
+source scripts/apt.sh
 
 # The same search as tests/integration/pgserver.py find_bindir().
 have_pg_binaries() {
@@ -18,30 +18,12 @@ have_pg_binaries() {
     return 1
 }
 
-apt_updated=no
-apt_install() {
-    export DEBIAN_FRONTEND=noninteractive
-    # Update the package lists only when they are empty or stale (install fails).
-    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
-        apt-get update -q
-        apt_updated=yes
-    fi
-    if ! apt-get install -y -q "$@"; then
-        [[ $apt_updated == yes ]] && return 1
-        apt-get update -q
-        apt_updated=yes
-        apt-get install -y -q "$@"
-    fi
-}
-
-can_install() { [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; }
-
 if ! have_pg_binaries; then
     if can_install; then
         say "installing PostgreSQL (Debian's postgresql package)"
         apt_install postgresql
     elif command -v apt-get >/dev/null; then
-        say "PostgreSQL server binaries not found: run 'sudo apt-get install postgresql', or run this script as root"
+        say "PostgreSQL server binaries not found: install Debian's postgresql package (as root: apt-get install postgresql), or run this script as root"
         exit 1
     else
         say "PostgreSQL server binaries (initdb, pg_ctl, pg_isready, psql) not found and this is not Debian:"
@@ -88,6 +70,18 @@ if [[ -n ${PGTLS_NEED_SYSTEMD_TOOLS:-} ]] && ! command -v systemd-analyze >/dev/
     fi
 fi
 
+# pgtls.service's ExecReload= runs kill (Debian's procps package, absent from
+# minimal images), which systemd-analyze verify looks for.
+if [[ -n ${PGTLS_NEED_SYSTEMD_TOOLS:-} && ! -x /usr/bin/kill ]]; then
+    if can_install; then
+        say "installing Debian's procps package (kill, for the unit tests)"
+        apt_install procps
+    else
+        say "/usr/bin/kill not found: install Debian's procps package (the service tests need it)"
+        exit 1
+    fi
+fi
+
 source scripts/python.sh
 python=$(pick_python)
 if [[ -x .venv/bin/python ]] && command -v "$python" >/dev/null && venv_from_other_python "$python"; then
@@ -96,6 +90,7 @@ if [[ -x .venv/bin/python ]] && command -v "$python" >/dev/null && venv_from_oth
 fi
 
 if [[ ! -x .venv/bin/python ]]; then
+    say "creating .venv with $python"
     if ! "$python" -m venv .venv; then
         rm -rf .venv
         if can_install; then
@@ -111,11 +106,20 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The versions the suite passed on (constraints/tested.txt), unless
+# PGTLS_CONSTRAINTS names another file; set and empty, the newest allowed.
+constraints=()
+[[ -n ${PGTLS_CONSTRAINTS-constraints/tested.txt} ]] &&
+    constraints=(-c "${PGTLS_CONSTRAINTS-constraints/tested.txt}")
 # compat mode puts the checkout on sys.path, where twistd's plugin scan finds
 # twisted/plugins/pgtls_plugin.py (the default editable mode hides it).
 pip_log=$(mktemp)
-if ! .venv/bin/pip install -e "${PGTLS_PIP_TARGET:-.[test]}" \
-        --config-settings editable_mode=compat >"$pip_log" 2>&1; then
+say "installing pgtls and its dependencies into .venv (pip)"
+# The packages pip fetches, as it goes: the first run takes a while.
+if ! .venv/bin/pip install -e "${PGTLS_PIP_TARGET:-.[test]}" "${constraints[@]}" \
+        --config-settings editable_mode=compat 2>&1 |
+        tee "$pip_log" | sed -un -e 's/^Collecting /  collecting /p' \
+            -e 's/^Processing .*\/\([^/]*\.whl\)$/  collecting \1/p' >&2; then
     cat "$pip_log" >&2
     rm -f "$pip_log"
     say "pip install failed"

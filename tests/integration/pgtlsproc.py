@@ -98,6 +98,7 @@ class PgtlsServer:
         self.logfile = datadir / "pgtls.log"
         self.extra_args = list(extra_args)
         self.new_session = new_session
+        self.cwd = REPO
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -116,7 +117,7 @@ class PgtlsServer:
         """Start and wait until the port accepts connections."""
         self.process = subprocess.Popen(
             self.command(),
-            cwd=REPO,
+            cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

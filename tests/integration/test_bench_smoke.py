@@ -77,6 +77,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
                 assert cpu["client_us_per_unit"] > 0, (workload, target, cpu)
                 assert cpu["machine_us_per_unit"] > 0, (workload, target, cpu)
                 assert 0 <= cpu["idle_percent"] < 100, (workload, target, cpu)
+                if workload != "w3_copy":
+                    # The idle share is of the wall time the pgbench runs
+                    # took (at least the duration), on every CPU.
+                    wall = document["config"]["duration_s"] * document["host"]["cpus"]
+                    assert cpu["machine_cpu_s"] >= wall, (workload, target, cpu)
                 figures = document["cpu_summary"][workload][target]
                 for figure in ("cpu_us_per_unit", "client_us_per_unit", "machine_us_per_unit"):
                     assert figures[figure]["median"] == cpu[figure], (workload, target, figure)

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from pgserver import ALICE, ALICE_PASSWORD, PostgresServer
-from pgtlsproc import PgtlsServer, free_port
+from pgtlsproc import TWISTD, PgtlsServer, free_port
 
 PGTLS = os.path.join(os.path.dirname(sys.executable), "pgtls")
 TIMEOUT = 30.0
@@ -95,6 +95,18 @@ def conninfo(argv: list[str], **changes: str | None) -> str:
     return " ".join(f"{name}='{value}'" for name, value in params.items())
 
 
+class PrintedStart(PgtlsServer):
+    """The start command ``pgtls init`` printed, run as printed (with the venv's twistd)."""
+
+    def __init__(self, argv: list[str], directory: Path, port: int, cwd: Path) -> None:
+        super().__init__(directory, port)
+        self.argv = argv
+        self.cwd = cwd
+
+    def command(self) -> list[str]:
+        return [TWISTD, *self.argv[1:]]
+
+
 def start(pgtls, directory: Path, port: int) -> PgtlsServer:
     """Start twistd pgtls on the directory; the pgtls fixture stops it."""
     server = PgtlsServer(directory, port)
@@ -114,8 +126,14 @@ def test_init_start_and_connect_with_verify_full(
     port = free_port()
     directory = tmp_path / "pgtls"
     output = init(directory, postgres, port)
-    assert printed_line(output, "Start pgtls:") == f"twistd -n pgtls -D {directory}"
-    start(pgtls, directory, port)
+    start_line = printed_line(output, "Start pgtls:")
+    assert start_line == f"twistd --nodaemon --pidfile= pgtls -D {directory}"
+    # Started as printed, in the foreground: it leaves no twistd.pid behind.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    server = PrintedStart(shlex.split(start_line), directory, port, cwd)
+    pgtls.servers.append(server)
+    server.start()
     argv = printed_psql(output, "Connect, checking the server's certificate:")
     assert "sslmode=verify-full" in argv[1]
 
@@ -136,6 +154,9 @@ def test_init_start_and_connect_with_verify_full(
         'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "postgres", '
         'database "postgres", no encryption'
     ) in done.stderr
+    assert list(cwd.iterdir()) == []
+    server.stop()
+    assert list(cwd.iterdir()) == []
 
 
 @pytest.fixture

@@ -170,9 +170,13 @@ def test_metrics_are_off_by_default(pgtls: PgtlsLauncher) -> None:
     assert "metrics" not in server.log_text()
 
 
-def test_bad_metrics_listen_stops_the_start(pgtls: PgtlsLauncher) -> None:
-    """A pgtls.metrics_listen that is not an endpoint string: one line, exit status 1."""
-    datadir = pgtls.datadir(settings=["pgtls.metrics_listen = '9187'"])
+@pytest.mark.parametrize("description", ["9187", "tcp:abc"])
+def test_bad_metrics_listen_stops_the_start(pgtls: PgtlsLauncher, description: str) -> None:
+    """
+    A pgtls.metrics_listen that is not an endpoint string: one line at its
+    file and line, in our words, exit status 1.
+    """
+    datadir = pgtls.datadir(settings=[f"pgtls.metrics_listen = '{description}'"])
     result = subprocess.run(
         [*PgtlsServer(datadir, 0).command()],
         capture_output=True,
@@ -180,9 +184,10 @@ def test_bad_metrics_listen_stops_the_start(pgtls: PgtlsLauncher) -> None:
         timeout=PROCESS_TIMEOUT,
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == (
-        'pgtls: invalid value for parameter "pgtls.metrics_listen": "9187" '
-        "(Unknown endpoint type: '9187')"
+    assert result.stderr == (
+        f"pgtls: {datadir}/postgresql.conf:5: invalid value for parameter "
+        f'"pgtls.metrics_listen": "{description}": not a server endpoint string '
+        "(write one such as tcp:9187:interface=127.0.0.1)\n"
     )
 
 
@@ -237,7 +242,7 @@ def test_json_logs(pgtls: PgtlsLauncher) -> None:
     assert relayed["bytes_up"] > 0 and relayed["bytes_down"] > 0
     assert isinstance(relayed["backend_pid"], int) and relayed["backend_pid"] > 0
     assert 0 < relayed["duration"] < PROCESS_TIMEOUT
-    assert relayed["level"] == "debug"
+    assert relayed["level"] == "info"
     assert (refusal["user"], refusal["ssl"], refusal["protocol"]) == ("alice", False, None)
     assert (refusal["outcome"], refusal["reason"]) == ("refused", "no_hba_entry")
     assert refusal["detail"] == (

@@ -89,12 +89,17 @@ def test_units_verify(tmp_path: Path) -> None:
     """
     systemd-analyze verify finds nothing to say about etc/pgtls.service and
     etc/pgtls.socket.  systemd 252 looks commands up in its own search path,
-    not $PATH, so the copy verified names this checkout's pgtls and twistd.
+    not $PATH, so the copy verified names this checkout's pgtls and twistd
+    rather than /opt/pgtls's (tests/integration/test_install.py verifies the
+    installed units).
     """
     analyze = need("systemd-analyze")
     unit = (REPO / "etc" / "pgtls.service").read_text()
     located = re.sub(
-        r"^(Exec\w*=)(pgtls|twistd) ", rf"\g<1>{VENV_BIN}/\g<2> ", unit, flags=re.MULTILINE
+        r"^(Exec\w*=)/opt/pgtls/bin/(pgtls|twistd) ",
+        rf"\g<1>{VENV_BIN}/\g<2> ",
+        unit,
+        flags=re.MULTILINE,
     )
     assert located.count(VENV_BIN) == 2
     (tmp_path / "pgtls.service").write_text(located)
@@ -115,8 +120,8 @@ def test_service_unit_essentials() -> None:
     for line in [
         "Type=notify",
         "User=pgtls",
-        "ExecStartPre=pgtls check -D ${PGDATA}",
-        "ExecStart=twistd --nodaemon --pidfile= --logfile=- pgtls -D ${PGDATA}",
+        "ExecStartPre=/opt/pgtls/bin/pgtls check -D ${PGDATA}",
+        "ExecStart=/opt/pgtls/bin/twistd --nodaemon --pidfile= --logfile=- pgtls -D ${PGDATA}",
         "ExecReload=kill -HUP $MAINPID",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
@@ -134,11 +139,13 @@ def test_service_unit_essentials() -> None:
 # --- socket activation ----------------------------------------------------------
 
 
-def test_socket_activation(pgtls, pki, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fdname", [["--fdname=pgtls"], []], ids=["named", "unnamed"])
+def test_socket_activation(pgtls, pki, tmp_path: Path, fdname: list[str]) -> None:
     """
     Under systemd-socket-activate pgtls serves the socket it was passed
     (started by the first client, which libpq then completes), not the port
-    in postgresql.conf, and says so.
+    in postgresql.conf, and says so; with or without --fdname (an unnamed
+    socket, which Twisted's systemd endpoint drops, is adopted by number).
     """
     activate = need("systemd-socket-activate")
     port, configured_port = free_port(), free_port()
@@ -149,7 +156,7 @@ def test_socket_activation(pgtls, pki, tmp_path: Path) -> None:
             activate,
             "--listen",
             f"127.0.0.1:{port}",
-            "--fdname=pgtls",
+            *fdname,
             TWISTD,
             "--nodaemon",
             "--pidfile=",

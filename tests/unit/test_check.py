@@ -49,7 +49,7 @@ def test_check_refuses_readable_key(datadir: Path, capsys: pytest.CaptureFixture
     capsys.readouterr()
     assert main(["check", "-D", str(datadir)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f'pgtls: private key file "{datadir}/server.key" has group or world')
+    assert err.startswith('pgtls: private key file "server.key" has group or world')
     assert err.count("\n") == 1
 
 
@@ -72,6 +72,30 @@ def test_check_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[s
     """A data directory that does not exist is one clear line."""
     assert main(["check", "-D", str(tmp_path / "nope")]) == 1
     assert "data directory does not exist" in capsys.readouterr().err
+
+
+def test_check_names_every_bad_hba_line(datadir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Several bad pg_hba.conf lines: one `pgtls: FILE:LINE: reason` line for each, exit 1."""
+    hba_file = datadir / "pg_hba.conf"
+    hba_file.write_text("hostx all all all trust\nhost all all 127.0.0.1/32 bogus\n")
+    capsys.readouterr()
+    assert main(["check", "-D", str(datadir)]) == 1
+    assert capsys.readouterr().err == (
+        f'pgtls: {hba_file}:1: invalid connection type "hostx"\n'
+        f'pgtls: {hba_file}:2: invalid authentication method "bogus"\n'
+    )
+
+
+def test_check_refuses_a_bad_metrics_listen(
+    datadir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pgtls.metrics_listen Twisted cannot parse stops the check at its source, in our words."""
+    capsys.readouterr()
+    assert main(["check", "-D", str(datadir), "-c", "pgtls.metrics_listen=tcp:abc"]) == 1
+    assert capsys.readouterr().err == (
+        'pgtls: command line: invalid value for parameter "pgtls.metrics_listen": "tcp:abc": '
+        "not a server endpoint string (write one such as tcp:9187:interface=127.0.0.1)\n"
+    )
 
 
 def test_check_notes_channel_binding_on_a_unix_socket_upstream(

@@ -14,6 +14,7 @@ Settings, rules and the TLS context are loaded from a real data directory.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -869,7 +870,7 @@ def test_client_leaving_while_connecting_cancels_the_attempt(door: Door) -> None
 
 
 def test_authentication_timeout_closes_silently(tmp_path: Path, pki: Pki) -> None:
-    """A client silent for authentication_timeout is closed without a byte or a log line."""
+    """A client silent for authentication_timeout: closed without a byte, only the session line."""
     door = make_door(tmp_path, pki, settings=["authentication_timeout = 5s"])
     conn = door.connect()
     conn.send(b"\x00\x00")
@@ -881,7 +882,9 @@ def test_authentication_timeout_closes_silently(tmp_path: Path, pki: Pki) -> Non
     assert conn.closed
     assert not conn.transport.disconnected  # a FIN, as PostgreSQL's exit: no reset
     assert conn.answer() == b""
-    assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+    # Only pgtls's own access-log line, none of PostgreSQL's.
+    (summary,) = [e for e in events if e["log_level"] >= LogLevel.info]
+    assert (summary["log_format"], summary["outcome"]) == ("session {summary}", "timeout")
 
 
 def test_authentication_timeout_during_the_handshake(door: Door) -> None:
@@ -894,7 +897,8 @@ def test_authentication_timeout_during_the_handshake(door: Door) -> None:
     assert not conn.transport.disconnecting
     with capturedLogs() as events:
         conn.lost()
-    assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+    (summary,) = [e for e in events if e["log_level"] >= LogLevel.info]
+    assert (summary["log_format"], summary["outcome"]) == ("session {summary}", "timeout")
 
 
 def test_authentication_timeout_does_not_fire_after_admission(door: Door) -> None:
@@ -1004,6 +1008,87 @@ def test_log_connections_on(tmp_path: Path, pki: Pki) -> None:
         "connection authorized: user=alice database=app "
         "SSL enabled (protocol=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, bits=256)"
     ) in lines
+
+
+def test_log_connections_cert_authenticated(tmp_path: Path, pki: Pki) -> None:
+    """cert: PostgreSQL 14+'s `connection authenticated` line, between received and authorized."""
+    door = make_door(
+        tmp_path,
+        pki,
+        client_ca=True,
+        settings=["log_connections = on"],
+        hba=["host all bob 0.0.0.0/0 trust", "hostssl all all 0.0.0.0/0 cert"],
+    )
+    door.tls_info = TLSInfo(
+        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("alice", "CN=alice,O=Test")
+    )
+    with capturedLogs() as events:
+        conn = tls_session(door)
+        conn.send(ALICE)
+    hba_file = os.path.join(door.factory.settings.data_directory, "pg_hba.conf")
+    assert [text for text in texts(events) if text.startswith("connection ")] == [
+        "connection received: host=192.0.2.7 port=40000",
+        f'connection authenticated: identity="CN=alice,O=Test" method=cert ({hba_file}:2)',
+        "connection authorized: user=alice database=app "
+        "SSL enabled (protocol=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, bits=256)",
+    ]
+    (authenticated,) = [e for e in events if "identity" in e]
+    assert (authenticated["file"], authenticated["line_number"]) == (hba_file, 2)
+
+
+def test_log_connections_cert_authenticated_then_refused(tmp_path: Path, pki: Pki) -> None:
+    """A CN that does not map: authenticated is logged, then the refusal, as PostgreSQL does."""
+    door = make_door(
+        tmp_path,
+        pki,
+        client_ca=True,
+        settings=["log_connections = on"],
+        hba=["hostssl all all 0.0.0.0/0 cert"],
+    )
+    door.tls_info = TLSInfo(
+        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("bob", "CN=bob")
+    )
+    with capturedLogs() as events:
+        conn = tls_session(door)
+        conn.send(ALICE)
+    assert fatal(conn.answer())["M"] == 'certificate authentication failed for user "alice"'
+    lines = [text for text in texts(events) if not text.startswith("session ")]
+    hba_file = os.path.join(door.factory.settings.data_directory, "pg_hba.conf")
+    assert lines[:2] == [
+        "connection received: host=192.0.2.7 port=40000",
+        f'connection authenticated: identity="CN=bob" method=cert ({hba_file}:1)',
+    ]
+    assert lines[2].startswith("refused host=192.0.2.7 user=alice database=app: ")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["hostssl all all 0.0.0.0/0 trust", "hostssl all all 0.0.0.0/0 trust clientcert=verify-full"],
+)
+def test_log_connections_trust_authenticates_no_one(tmp_path: Path, pki: Pki, line: str) -> None:
+    """trust (with or without verify-full) calls no set_authn_id: no authenticated line."""
+    door = make_door(tmp_path, pki, client_ca=True, settings=["log_connections = on"], hba=[line])
+    door.tls_info = TLSInfo(
+        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("alice", "CN=alice")
+    )
+    with capturedLogs() as events:
+        conn = tls_session(door)
+        conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+    assert not [text for text in texts(events) if "authenticated" in text]
+
+
+def test_cert_authenticated_not_logged_without_log_connections(tmp_path: Path, pki: Pki) -> None:
+    """log_connections = off: no authenticated line either."""
+    door = make_door(tmp_path, pki, client_ca=True, hba=["hostssl all all 0.0.0.0/0 cert"])
+    door.tls_info = TLSInfo(
+        "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None, ClientCert("alice", "CN=alice")
+    )
+    with capturedLogs() as events:
+        conn = tls_session(door)
+        conn.send(ALICE)
+    assert door.accept_upstream().transport.value() == ALICE
+    assert not [text for text in texts(events) if "authenticated" in text]
 
 
 def test_log_connections_plaintext_with_application_name(tmp_path: Path, pki: Pki) -> None:

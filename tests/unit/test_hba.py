@@ -16,7 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgtls import _ifaddrs, hba
-from pgtls.hba import Admission, Client, ClientCert, HbaError, Refusal, Rules, load_rules
+from pgtls.hba import (
+    Admission,
+    Authenticated,
+    Client,
+    ClientCert,
+    HbaError,
+    HbaErrors,
+    Refusal,
+    Rules,
+    load_rules,
+)
 
 ALICE = ClientCert(cn="alice", dn="CN=alice,O=Test")
 BOB = ClientCert(cn="bob", dn="CN=bob,O=Test")
@@ -306,9 +316,52 @@ def test_include_loop_stops_at_the_nesting_limit(tmp_path: Path) -> None:
 
 
 def test_first_error_is_raised(tmp_path: Path) -> None:
-    """With several bad lines, the first one in file order is reported."""
+    """With several bad lines, the first one in file order is the error's line."""
     error = load_error(tmp_path, "host all all all trust\nfoo\nhost all all all bar\n")
     assert (error.line, error.reason) == (2, 'invalid connection type "foo"')
+
+
+def test_every_bad_line_is_reported(tmp_path: Path) -> None:
+    """
+    As PostgreSQL's load_hba logs each bad line and goes on: every error of
+    both files, one ``FILE:LINE: reason`` line each, lines that do not
+    tokenize (a missing include) first, pg_hba.conf before pg_ident.conf.
+    """
+    error = load_error(
+        tmp_path,
+        "host all all 1.2.3.4/99 trust\nhost all all all trust\ninclude nosuch.conf\n"
+        "hostx all all all trust\n",
+        "m alice bob\nm alice\nm /( bob\n",
+    )
+    assert isinstance(error, HbaErrors)
+    hba_file, ident_file = tmp_path / "pg_hba.conf", tmp_path / "pg_ident.conf"
+    assert [(e.path, e.line) for e in error.errors] == [
+        (str(hba_file), 3),
+        (str(hba_file), 1),
+        (str(hba_file), 4),
+        (str(ident_file), 2),
+        (str(ident_file), 3),
+    ]
+    lines = str(error).split("\n")
+    assert lines[:3] == [
+        f'{hba_file}:3: could not open file "{tmp_path / "nosuch.conf"}": '
+        "No such file or directory",
+        f'{hba_file}:1: invalid CIDR mask in address "1.2.3.4/99"',
+        f'{hba_file}:4: invalid connection type "hostx"',
+    ]
+    assert lines[3] == f"{ident_file}:2: missing entry at end of line"
+    assert lines[4].startswith(f"{ident_file}:3: ")
+    assert (len(error.hba_errors), len(error.ident_errors)) == (3, 2)
+    assert (error.path, error.line) == (str(hba_file), 3)
+
+
+def test_bad_lines_only_in_pg_ident(tmp_path: Path) -> None:
+    """A good pg_hba.conf and a bad pg_ident.conf: the errors name pg_ident.conf only."""
+    error = load_error(tmp_path, "host all all all trust\n", "m alice\nm /( bob\n")
+    assert isinstance(error, HbaErrors)
+    assert error.hba_errors == ()
+    assert {e.path for e in error.ident_errors} == {str(tmp_path / "pg_ident.conf")}
+    assert [e.line for e in error.errors] == [1, 2]
 
 
 HBA_ERRORS = [
@@ -859,6 +912,40 @@ def test_cert_admits_matching_cn_with_dn_identity(tmp_path: Path) -> None:
     rules = load(tmp_path, "hostssl all all all cert\n")
     admission = admitted(rules.match(client(ssl=True, cert=ALICE)))
     assert (admission.method, admission.identity) == ("cert", "CN=alice,O=Test")
+
+
+def test_cert_authenticates_the_dn_at_its_line(tmp_path: Path) -> None:
+    """cert: the DN is authenticated by the matching line (file and number), typed."""
+    rules = load(
+        tmp_path, "hostssl all all all trust clientcert=verify-full\nhostssl all all all cert\n"
+    )
+    plain = admitted(rules.match(client(ssl=True, cert=ALICE, database="other")))
+    assert plain.authenticated is None  # verify-full with trust: set_authn_id is not called
+    rules = load(tmp_path, "host all bob all trust\nhostssl all all all cert\n")
+    assert admitted(rules.match(client(ssl=True, cert=ALICE))).authenticated == Authenticated(
+        identity="CN=alice,O=Test",
+        method="cert",
+        file=str(tmp_path / "pg_hba.conf"),
+        line_number=2,
+    )
+    assert admitted(rules.match(client(ssl=True, cert=BOB, user="bob"))).authenticated is None
+
+
+def test_cert_authenticates_before_the_map_refuses(tmp_path: Path) -> None:
+    """cert: a CN that does not map is refused, but its DN was authenticated first (logged)."""
+    rules = load(tmp_path, "hostssl all all all cert\n")
+    refusal = refused(rules.match(client(ssl=True, cert=BOB)))
+    assert refusal.authenticated == Authenticated(
+        "CN=bob,O=Test", "cert", str(tmp_path / "pg_hba.conf"), 1
+    )
+    # No name to map: refused before anything is authenticated.
+    nameless = refused(rules.match(client(ssl=True, cert=ClientCert(None, "O=Test"))))
+    assert nameless.authenticated is None
+    # verify-full with another method authenticates nothing, even on a mismatch.
+    rules = load(tmp_path, "hostssl all all all trust clientcert=verify-full\n")
+    assert refused(rules.match(client(ssl=True, cert=BOB))).authenticated is None
+    # A refusal that is not the method's (no entry, reject) authenticates no one.
+    assert refused(rules.match(client(ssl=False))).authenticated is None
 
 
 def test_cert_refuses_another_cn(tmp_path: Path) -> None:

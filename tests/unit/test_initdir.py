@@ -614,7 +614,7 @@ def test_summary_names_files_and_next_steps(tmp_path: Path) -> None:
     result = _init(tmp_path)
     text = initdir.init_summary(result)
     assert "db.example.com, localhost, 127.0.0.1, ::1" in text
-    assert f"twistd -n pgtls -D {tmp_path}" in text
+    assert f"  twistd --nodaemon --pidfile= pgtls -D {tmp_path}\n" in text
     assert result.psql in text
     assert "(the default)" in text
     assert "client-cert" not in text

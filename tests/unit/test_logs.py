@@ -177,7 +177,7 @@ def test_summary_of_a_relayed_tls_session(door: Door) -> None:
         # What the fake upstream sent is no startup message: no PID.
         "backend_pid": None,
     }
-    assert summary["log_level"] is LogLevel.debug
+    assert summary["log_level"] is LogLevel.info
     assert formatEvent(summary) == "session " + summary["summary"]
     assert formatEvent(summary) == (
         "session host=192.0.2.7 port=40000 user=alice database=app ssl=on protocol=TLSv1.3 "
@@ -250,7 +250,7 @@ def test_a_whole_session_logs_as_json_lines(tmp_path: Path, pki: Pki) -> None:
     assert summary["ssl"] is True
     assert summary["bytes_down"] == 3
     assert summary["outcome"] == "relayed"
-    assert summary["level"] == "debug"
+    assert summary["level"] == "info"
     assert isinstance(summary["duration"], float)
 
 

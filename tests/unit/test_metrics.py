@@ -36,7 +36,7 @@ from twisted.web.wsgi import WSGIResource
 from pgtls import certs, wire
 from pgtls.conf import Settings
 from pgtls.hba import ClientCert, Refusal
-from pgtls.loader import StartupError
+from pgtls.loader import StartupError, load_server_config, server_endpoint_problem
 from pgtls.metrics import (
     ENCRYPTIONS,
     OUTCOMES,
@@ -432,9 +432,55 @@ def test_bad_endpoint_string_stops_the_start(description: str) -> None:
     """A value that is not an endpoint string is a start-up error naming the setting."""
     with pytest.raises(StartupError) as raised:
         metrics_service(MemoryReactor(), Settings("/data", metrics_listen=description))
-    assert str(raised.value).startswith(
-        f'invalid value for parameter "pgtls.metrics_listen": "{description}" ('
+    assert str(raised.value) == (
+        f'invalid value for parameter "pgtls.metrics_listen": "{description}": '
+        "not a server endpoint string (write one such as tcp:9187:interface=127.0.0.1)"
     )
+
+
+@pytest.mark.parametrize("description", ["9187", "tcp:abc", "tcp:1:colour=blue", "bogus:1"])
+def test_bad_endpoint_string_is_a_load_error_at_its_line(
+    tmp_path: Path, pki: Pki, description: str
+) -> None:
+    """
+    The load parses pgtls.metrics_listen (without listening): a bad one is
+    a start-up error at its file and line, in our words, not Python's.
+    """
+    settings = ["log_connections = on", f"pgtls.metrics_listen = '{description}'"]
+    datadir = write_datadir(tmp_path / "data", pki, ssl=False, settings=settings)
+    with pytest.raises(StartupError) as raised:
+        load_server_config(datadir)
+    assert str(raised.value) == (
+        f"{datadir}/postgresql.conf:3: invalid value for parameter "
+        f'"pgtls.metrics_listen": "{description}": not a server endpoint string '
+        "(write one such as tcp:9187:interface=127.0.0.1)"
+    )
+    assert "invalid literal" not in str(raised.value)
+
+
+def test_bad_endpoint_string_on_the_command_line(tmp_path: Path, pki: Pki) -> None:
+    """-c pgtls.metrics_listen=...: the error is at ``command line``, as other overrides'."""
+    datadir = write_datadir(tmp_path / "data", pki, ssl=False)
+    with pytest.raises(StartupError) as raised:
+        load_server_config(datadir, {"pgtls.metrics_listen": "tcp:abc"})
+    assert str(raised.value).startswith(
+        'command line: invalid value for parameter "pgtls.metrics_listen": "tcp:abc": '
+    )
+
+
+def test_good_endpoint_string_loads(tmp_path: Path, pki: Pki) -> None:
+    """A valid endpoint string loads, and nothing listens while loading."""
+    settings = ["pgtls.metrics_listen = 'tcp:9187:interface=127.0.0.1'"]
+    datadir = write_datadir(tmp_path / "data", pki, ssl=False, settings=settings)
+    assert load_server_config(datadir).settings.metrics_listen == "tcp:9187:interface=127.0.0.1"
+
+
+def test_endpoint_problems() -> None:
+    """Twisted's parser decides; the words are ours (an ssl: endpoint reads its files)."""
+    assert server_endpoint_problem("unix:/run/pgtls-metrics.sock") is None
+    assert server_endpoint_problem("tcp6:9187:interface=\\:\\:1") is None
+    missing = server_endpoint_problem("ssl:9187:privateKey=/nonexistent/k.pem")
+    assert missing is not None and missing.startswith("not a usable endpoint: /nonexistent/k.pem")
 
 
 class _Unbindable:
@@ -489,10 +535,11 @@ def test_make_service_without_metrics(tmp_path: Path, pki: Pki) -> None:
 
 
 def test_make_service_bad_metrics_listen(tmp_path: Path, pki: Pki) -> None:
-    """A bad pgtls.metrics_listen stops the start with one pgtls line."""
+    """A bad pgtls.metrics_listen stops the start with one pgtls line at its file and line."""
     with pytest.raises(SystemExit) as raised:
         make_service(tmp_path, pki, ["pgtls.metrics_listen = 'tcp:http'"])
     assert raised.value.code == (
-        'pgtls: invalid value for parameter "pgtls.metrics_listen": "tcp:http" '
-        "(invalid literal for int() with base 10: 'http')"
+        f"pgtls: {tmp_path}/postgresql.conf:2: invalid value for parameter "
+        '"pgtls.metrics_listen": "tcp:http": not a server endpoint string '
+        "(write one such as tcp:9187:interface=127.0.0.1)"
     )

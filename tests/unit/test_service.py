@@ -7,6 +7,7 @@ SIGHUP reload.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import socket
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
@@ -83,6 +85,24 @@ def test_data_directory_option(datadir: Path) -> None:
     options = parse(["-D", str(datadir)])
     assert options["pgdata"] == str(datadir)
     assert options["overrides"] == {}
+
+
+def test_help_keeps_paragraphs_and_examples_on_their_own_lines() -> None:
+    """
+    ``twistd pgtls --help`` (the Options' str) lists the options, then the
+    description as written: its paragraphs apart and each example on a line
+    of its own, each a foreground start that leaves no twistd.pid.
+    """
+    text = str(Options())
+    lines = text.splitlines()
+    assert "  -D, --pgdata=" in text
+    examples = lines[lines.index("Examples:") + 1 :]
+    assert examples == [
+        "  twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls",
+        "  twistd --nodaemon --pidfile= pgtls -D ./demo -p 6432 -c log_connections=on",
+    ]
+    assert "\n\nThe data directory holds postgresql.conf" in text
+    assert max(map(len, lines)) <= 80
 
 
 def test_relative_data_directory_is_made_absolute(
@@ -297,6 +317,24 @@ def test_make_service_broken_pg_hba_conf(tmp_path: Path, server_cert: certs.Issu
     datadir = write_datadir(tmp_path / "data", server_cert, hba=["host all all nonsense/99 trust"])
     message = one_line_exit(lambda: makeService(parse(["-D", str(datadir)])))
     assert message.startswith(f"pgtls: {datadir / 'pg_hba.conf'}:1: ")
+
+
+def test_make_service_names_every_bad_pg_hba_line(
+    tmp_path: Path, server_cert: certs.Issued
+) -> None:
+    """Several bad pg_hba.conf lines: one `pgtls: FILE:LINE: reason` line for each."""
+    datadir = write_datadir(
+        tmp_path / "data",
+        server_cert,
+        hba=["host all all nonsense/99 trust", "host all all 0.0.0.0/0 trust", "hostx all all"],
+    )
+    with pytest.raises(SystemExit) as raised:
+        makeService(parse(["-D", str(datadir)]))
+    hba_file = datadir / "pg_hba.conf"
+    assert raised.value.code == (
+        f'pgtls: {hba_file}:1: specifying both host name and CIDR mask is invalid: "nonsense/99"\n'
+        f'pgtls: {hba_file}:3: invalid connection type "hostx"'
+    )
 
 
 def test_make_service_missing_data_directory(tmp_path: Path) -> None:
@@ -551,6 +589,39 @@ def test_reload_with_a_broken_pg_hba_conf_keeps_the_rules(datadir: Path) -> None
     assert reloading.answer_to(ALICE) == b""
 
 
+def test_reload_names_every_bad_line_and_keeps_the_rules(datadir: Path) -> None:
+    """
+    Several bad lines in both files: each is logged, then PostgreSQL's
+    `pg_hba.conf was not reloaded` and `pg_ident.conf was not reloaded`;
+    the rules in force stay.
+    """
+    reloading = Reloading(datadir)
+    rules = reloading.factory.rules
+    reloading.write("pg_hba.conf", ["host all all 1.2.3.4/99 trust", "hostx", "local all all"])
+    reloading.write("pg_ident.conf", ["m alice", "m /( bob"])
+    lines = reloading.reload()
+    hba_file, ident_file = datadir / "pg_hba.conf", datadir / "pg_ident.conf"
+    reported = [line for line in lines if line.startswith((str(hba_file), str(ident_file)))]
+    assert [line.split(": ", 1)[0] for line in reported] == [
+        f"{hba_file}:1",
+        f"{hba_file}:2",
+        f"{hba_file}:3",
+        f"{ident_file}:1",
+        f"{ident_file}:2",
+    ]
+    assert lines[-2:] == ["pg_hba.conf was not reloaded", "pg_ident.conf was not reloaded"]
+    assert reloading.factory.rules is rules
+
+
+def test_reload_with_only_pg_ident_broken_names_pg_ident(datadir: Path) -> None:
+    """Only pg_ident.conf is bad: only `pg_ident.conf was not reloaded`."""
+    reloading = Reloading(datadir)
+    reloading.write("pg_ident.conf", ["m alice"])
+    lines = reloading.reload()
+    assert lines[-1] == "pg_ident.conf was not reloaded"
+    assert "pg_hba.conf was not reloaded" not in lines
+
+
 def test_reload_with_a_broken_postgresql_conf_changes_no_setting(datadir: Path) -> None:
     """postgresql.conf with an error: PostgreSQL's `contains errors` line; settings unchanged."""
     reloading = Reloading(datadir)
@@ -643,47 +714,105 @@ def listening_socket(family: socket.AddressFamily = socket.AF_INET) -> socket.so
     return sock
 
 
+PassSockets = Callable[..., dict[str, str]]
+
+
 @pytest.fixture
-def passed_sockets(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+def passed_sockets(monkeypatch: pytest.MonkeyPatch) -> PassSockets:
     """
-    Make sockets look passed by systemd: Twisted's systemd endpoint holds
-    what it read from LISTEN_FDS when it was imported; LISTEN_FDNAMES stays
-    in the environment.
+    Make sockets look passed by systemd: the environment the process started
+    with (returned, for inherited_descriptions), and what Twisted's systemd
+    endpoint holds, read from LISTEN_FDS when it was imported.
     """
     from twisted.internet.endpoints import _SystemdParser
     from twisted.python.systemd import ListenFDs
 
-    def pass_sockets(*socks: socket.socket | int, names: Sequence[str]) -> None:
+    def pass_sockets(*socks: socket.socket | int, names: Sequence[str]) -> dict[str, str]:
         fds = [s if isinstance(s, int) else s.fileno() for s in socks]
-        monkeypatch.setattr(_SystemdParser, "_sddaemon", ListenFDs(fds, list(names)))
-        monkeypatch.setenv("LISTEN_FDNAMES", ":".join(names))
+        held = ListenFDs(fds, list(names)) if names else ListenFDs([], ())
+        monkeypatch.setattr(_SystemdParser, "_sddaemon", held)
+        environ = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": str(len(fds))}
+        if names:
+            environ["LISTEN_FDNAMES"] = ":".join(names)
+        return environ
 
-    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
     return pass_sockets
 
 
-def test_no_passed_sockets(passed_sockets: Callable[..., None]) -> None:
-    """Without LISTEN_FDNAMES nothing was passed: bind listen_addresses as usual."""
-    assert inherited_descriptions(MemoryReactor()) == []
+def test_no_passed_sockets() -> None:
+    """Without LISTEN_PID and LISTEN_FDS nothing was passed: bind listen_addresses as usual."""
+    assert inherited_descriptions(MemoryReactor(), {"PATH": "/usr/bin"}) == []
 
 
-def test_passed_sockets_meant_for_another_process(
-    passed_sockets: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+def test_passed_sockets_meant_for_another_process(passed_sockets: PassSockets) -> None:
+    """LISTEN_PID is not ours (inherited from a parent): none are ours."""
+    with listening_socket() as v4:
+        environ = passed_sockets(v4, names=["pgtls"])
+        environ["LISTEN_PID"] = str(os.getpid() + 1)
+        assert inherited_descriptions(MemoryReactor(), environ) == []
+
+
+def test_unnamed_passed_sockets_are_adopted(passed_sockets: PassSockets) -> None:
+    """
+    Sockets passed without LISTEN_FDNAMES (systemd-socket-activate without
+    --fdname), which Twisted's systemd endpoint drops, are adopted by
+    descriptor, from the first one on, each with its family.
+    """
+    with listening_socket() as v4, listening_socket(socket.AF_INET6) as v6:
+        first = 900  # two descriptors in a row, as systemd passes them from 3
+        os.dup2(v4.fileno(), first)
+        os.dup2(v6.fileno(), first + 1)
+        try:
+            environ = passed_sockets(first, first + 1, names=[])
+            reactor = MemoryReactor()
+            inherited = inherited_descriptions(reactor, environ, start=first)
+            assert [type(e) for e in inherited] == [AdoptedStreamServerEndpoint] * 2
+            assert [(e.fileno, e.addressFamily) for e in inherited] == [  # type: ignore[union-attr]
+                (first, socket.AF_INET),
+                (first + 1, socket.AF_INET6),
+            ]
+        finally:
+            os.close(first)
+            os.close(first + 1)
+
+
+def test_unnamed_passed_socket_of_another_kind_is_a_startup_error(
+    passed_sockets: PassSockets,
 ) -> None:
-    """LISTEN_FDNAMES inherited, but LISTEN_PID was not ours (Twisted holds none): none are ours."""
-    from twisted.internet.endpoints import _SystemdParser
-    from twisted.python.systemd import ListenFDs
+    """An unnamed passed socket is checked as a named one is: a StartupError naming it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        environ = passed_sockets(udp, names=[])
+        with pytest.raises(
+            StartupError, match=r"socket 0 passed by systemd \(unnamed\) is not a TCP socket"
+        ):
+            inherited_descriptions(MemoryReactor(), environ, start=udp.fileno())
 
-    monkeypatch.setenv("LISTEN_FDNAMES", "pgtls")
-    monkeypatch.setattr(_SystemdParser, "_sddaemon", ListenFDs([], ()))
-    assert inherited_descriptions(MemoryReactor()) == []
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"LISTEN_FDS": "two"}, 'LISTEN_FDS "two" is not a number of sockets'),
+        (
+            {"LISTEN_FDNAMES": "pgtls:other"},
+            r"systemd passed 1 socket\(s\) \(LISTEN_FDS\) but named 2 \(LISTEN_FDNAMES\)",
+        ),
+    ],
+)
+def test_inconsistent_listen_variables_are_a_startup_error(
+    passed_sockets: PassSockets, changes: dict[str, str], message: str
+) -> None:
+    """LISTEN_FDS and LISTEN_FDNAMES that do not agree stop the start; never ignored."""
+    with listening_socket() as v4:
+        environ = passed_sockets(v4, names=["pgtls"]) | changes
+        with pytest.raises(StartupError, match=message):
+            inherited_descriptions(MemoryReactor(), environ)
 
 
-def test_passed_sockets_keep_their_family(passed_sockets: Callable[..., None]) -> None:
+def test_passed_sockets_keep_their_family(passed_sockets: PassSockets) -> None:
     """Each passed socket becomes a systemd: endpoint with its own family, in systemd's order."""
     with listening_socket() as v4, listening_socket(socket.AF_INET6) as v6:
-        passed_sockets(v4, v6, names=["pgtls", "pgtls"])
-        assert inherited_descriptions(MemoryReactor()) == [
+        environ = passed_sockets(v4, v6, names=["pgtls", "pgtls"])
+        assert inherited_descriptions(MemoryReactor(), environ) == [
             "systemd:domain=INET:index=0",
             "systemd:domain=INET6:index=1",
         ]
@@ -691,47 +820,52 @@ def test_passed_sockets_keep_their_family(passed_sockets: Callable[..., None]) -
         assert v4.getsockname()[1] > 0 and v6.getsockname()[1] > 0
 
 
-def test_passed_udp_socket_is_a_startup_error(passed_sockets: Callable[..., None]) -> None:
+def test_passed_udp_socket_is_a_startup_error(passed_sockets: PassSockets) -> None:
     """A datagram socket (ListenDatagram=) cannot serve PostgreSQL: a StartupError naming it."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        passed_sockets(udp, names=["pgtls"])
+        environ = passed_sockets(udp, names=["pgtls"])
         with pytest.raises(StartupError, match=r'socket 0 \("pgtls"\) .* is not a TCP socket'):
-            inherited_descriptions(MemoryReactor())
+            inherited_descriptions(MemoryReactor(), environ)
 
 
-def test_passed_unix_socket_is_a_startup_error(
-    passed_sockets: Callable[..., None], tmp_path: Path
-) -> None:
+def test_passed_unix_socket_is_a_startup_error(passed_sockets: PassSockets, tmp_path: Path) -> None:
     """A Unix stream socket (ListenStream=/path) is refused: pg_hba.conf here has no local lines."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
         unix.bind(str(tmp_path / "s"))
         unix.listen()
-        passed_sockets(unix, names=["pgtls"])
+        environ = passed_sockets(unix, names=["pgtls"])
         with pytest.raises(StartupError, match="is not a TCP socket"):
-            inherited_descriptions(MemoryReactor())
+            inherited_descriptions(MemoryReactor(), environ)
 
 
-def test_passed_connected_socket_is_a_startup_error(passed_sockets: Callable[..., None]) -> None:
+def test_passed_connected_socket_is_a_startup_error(passed_sockets: PassSockets) -> None:
     """A socket that does not listen (a unit with Accept=yes) is refused with the fix."""
     with socket.socket() as unbound:
-        passed_sockets(unbound, names=["pgtls"])
+        environ = passed_sockets(unbound, names=["pgtls"])
         with pytest.raises(
             StartupError, match=r"is not listening \(the socket unit needs Accept=no\)"
         ):
-            inherited_descriptions(MemoryReactor())
+            inherited_descriptions(MemoryReactor(), environ)
 
 
+@pytest.mark.parametrize("names", [["pgtls", "pgtls"], []], ids=["named", "unnamed"])
 def test_listen_service_adopts_passed_sockets(
-    tmp_path: Path, passed_sockets: Callable[..., None]
+    tmp_path: Path, passed_sockets: PassSockets, names: list[str]
 ) -> None:
     """With passed sockets, each is adopted with its family and listen_addresses is not bound."""
-    # Detached: the endpoint closes each descriptor once it is adopted.
-    fds = [listening_socket().detach(), listening_socket(socket.AF_INET6).detach()]
-    passed_sockets(*fds, names=["pgtls", "pgtls"])
+    # Two descriptors in a row (unnamed sockets are found by number), left
+    # open: the endpoint closes each one once it is adopted.
+    first = 900
+    fds = [first, first + 1]
+    for fd, family in zip(fds, (socket.AF_INET, socket.AF_INET6), strict=True):
+        with listening_socket(family) as sock:
+            os.dup2(sock.fileno(), fd)
+    environ = passed_sockets(*fds, names=names)
     reactor = MemoryReactor()
     settings = Settings(data_directory=str(tmp_path), listen_addresses="127.0.0.1", port=5432)
     factory = FrontDoorFactory(settings, None, None, reactor)  # type: ignore[arg-type]
-    service = ListenService(reactor, factory, inherited_descriptions(reactor))
+    inherited = inherited_descriptions(reactor, environ, start=first)
+    service = ListenService(reactor, factory, inherited)
     with capturedLogs() as events:
         service.privilegedStartService()
     assert reactor.adoptedPorts == [

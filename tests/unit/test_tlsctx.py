@@ -35,7 +35,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from pgtls import certs
-from pgtls.conf import Settings
+from pgtls.conf import Settings, load_settings
 from pgtls.hba import ClientCert
 from pgtls.tlsctx import (
     ALPN_PROTOCOL,
@@ -400,6 +400,30 @@ def test_unknown_curve_is_refused(datadir: Path) -> None:
     assert str(caught.value) == "ECDH: unrecognized curve name: nosuchcurve"
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("ssl_ecdh_curve = 'nosuchcurve'", "ECDH: unrecognized curve name: nosuchcurve"),
+        (
+            "ssl_ciphers = 'NOPE'",
+            "could not set the cipher list (no valid ciphers available)",
+        ),
+        (
+            "ssl_min_protocol_version = 'TLSv1.3'\nssl_max_protocol_version = 'TLSv1.2'",
+            "could not set SSL protocol version range: "
+            '"ssl_min_protocol_version" cannot be higher than "ssl_max_protocol_version"',
+        ),
+    ],
+)
+def test_bad_tls_setting_names_its_line(datadir: Path, line: str, message: str) -> None:
+    """A TLS setting OpenSSL refuses: PostgreSQL's words after the file and line that set it."""
+    conf_file = datadir / "postgresql.conf"
+    conf_file.write_text(f"ssl = on\n{line}\n")
+    with pytest.raises(TLSConfigError) as caught:
+        load_server_tls(load_settings(str(datadir)))
+    assert str(caught.value) == f"{conf_file}:2: {message}"
+
+
 def test_no_valid_cipher_is_refused(datadir: Path) -> None:
     """A cipher list that selects nothing is PostgreSQL's cipher error."""
     with pytest.raises(TLSConfigError) as caught:
@@ -596,7 +620,7 @@ def test_missing_certificate(datadir: Path) -> None:
     path = datadir / "server.crt"
     path.unlink()
     assert config_error(settings_for(datadir)) == (
-        f'could not load server certificate file "{path}": No such file or directory'
+        f'could not load server certificate file "{path.name}": No such file or directory'
     )
 
 
@@ -605,7 +629,7 @@ def test_garbage_certificate(datadir: Path) -> None:
     path = datadir / "server.crt"
     path.write_text("hello\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load server certificate file "{path}": no start line'
+        f'could not load server certificate file "{path.name}": no start line'
     )
 
 
@@ -614,7 +638,7 @@ def test_missing_key(datadir: Path) -> None:
     path = datadir / "server.key"
     path.unlink()
     assert config_error(settings_for(datadir)) == (
-        f'could not access private key file "{path}": No such file or directory'
+        f'could not access private key file "{path.name}": No such file or directory'
     )
 
 
@@ -632,7 +656,7 @@ def test_garbage_key(datadir: Path) -> None:
     path = datadir / "server.key"
     path.write_text("hello\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load private key file "{path}": no PEM private key found'
+        f'could not load private key file "{path.name}": no PEM private key found'
     )
 
 
@@ -641,7 +665,7 @@ def test_corrupt_key(datadir: Path) -> None:
     path = datadir / "server.key"
     path.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load private key file "{path}": unsupported'
+        f'could not load private key file "{path.name}": unsupported'
     )
 
 
@@ -654,7 +678,7 @@ def test_mismatched_key(datadir: Path, pki: PKI, key_type: str) -> None:
     certs.write_key(str(path), other.key)
     assert config_error(settings_for(datadir)) == (
         "check of private key failed: key values mismatch: "
-        f'private key file "{datadir}/server.key" is not the key of the server certificate'
+        'private key file "server.key" is not the key of the server certificate'
     )
 
 
@@ -672,7 +696,7 @@ def test_garbage_ca_file(datadir: Path) -> None:
     path = datadir / "root.crt"
     path.write_text("hello\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load root certificate file "{path}": no certificate or crl found'
+        f'could not load root certificate file "{path.name}": no certificate or crl found'
     )
 
 
@@ -690,7 +714,8 @@ def test_garbage_crl_file(datadir: Path) -> None:
     path = datadir / "root.crl"
     path.write_text("hello\n")
     assert config_error(settings_for(datadir)) == (
-        f'could not load SSL certificate revocation list file "{path}": no certificate or crl found'
+        f'could not load SSL certificate revocation list file "{path.name}": '
+        "no certificate or crl found"
     )
 
 
@@ -724,7 +749,7 @@ def test_world_readable_key_is_refused(datadir: Path) -> None:
     path = datadir / "server.key"
     path.chmod(0o644)
     assert config_error(settings_for(datadir)) == (
-        f'private key file "{path}" has group or world access: {KEY_MODE_DETAIL}'
+        f'private key file "{path.name}" has group or world access: {KEY_MODE_DETAIL}'
     )
 
 
@@ -746,7 +771,7 @@ def test_key_owned_by_someone_else_is_refused(datadir: Path) -> None:
     path = datadir / "server.key"
     os.chown(path, OTHER_UID, -1)
     assert config_error(settings_for(datadir)) == (
-        f'private key file "{path}" must be owned by the database user or root'
+        f'private key file "{path.name}" must be owned by the database user or root'
     )
 
 
@@ -792,10 +817,13 @@ def test_passphrase_command_first_line_without_crlf(datadir: Path, pki: PKI) -> 
     ],
 )
 def test_failing_passphrase_command(datadir: Path, pki: PKI, command: str, detail: str) -> None:
-    """A failing command is PostgreSQL's "command failed" with the wait status."""
+    """
+    A failing command is PostgreSQL's "command failed" with the wait status,
+    after the key file's name.
+    """
     write_encrypted_key(datadir / "server.key", pki, b"secret", "pkcs8")
     assert config_error(settings_for(datadir, ssl_passphrase_command=command)) == (
-        f'command "{command}" failed: {detail}'
+        f'could not load private key file "server.key": command "{command}" failed: {detail}'
     )
 
 
@@ -806,7 +834,7 @@ def test_wrong_passphrase_from_command(datadir: Path, pki: PKI) -> None:
     count = datadir / "runs"
     command = f"echo run >> {count}; echo wrong"
     assert config_error(settings_for(datadir, ssl_passphrase_command=command)) == (
-        f'could not load private key file "{path}": bad decrypt'
+        f'could not load private key file "{path.name}": bad decrypt'
     )
     assert count.read_text() == "run\n"
 
@@ -818,7 +846,10 @@ def test_passphrase_command_timeout(datadir: Path, pki: PKI) -> None:
     text = config_error(
         settings_for(datadir, ssl_passphrase_command="sleep 5"), command_timeout=0.2
     )
-    assert text == 'command "sleep 5" failed: no pass phrase within 0.2 seconds'
+    assert text == (
+        'could not load private key file "server.key": '
+        'command "sleep 5" failed: no pass phrase within 0.2 seconds'
+    )
     assert time.monotonic() - started < 4
 
 
@@ -861,7 +892,7 @@ def test_callback_gives_up_after_max_attempts(datadir: Path, pki: PKI) -> None:
     prompts, ask = recording("a", "b", "c", "secret")
     path = datadir / "server.key"
     assert config_error(settings_for(datadir), ask_passphrase=ask, max_attempts=3) == (
-        f'could not load private key file "{path}": bad decrypt'
+        f'could not load private key file "{path.name}": bad decrypt'
     )
     assert len(prompts) == 3
 
@@ -871,8 +902,33 @@ def test_encrypted_key_without_a_way_to_ask(datadir: Path, pki: PKI) -> None:
     write_encrypted_key(datadir / "server.key", pki, b"secret", "pkcs8")
     path = datadir / "server.key"
     assert config_error(settings_for(datadir)) == (
-        f'private key file "{path}" requires a passphrase: run pgtls in the foreground '
-        "on a terminal to type it, or set ssl_passphrase_command"
+        f'could not load private key file "{path.name}": it requires a pass phrase: run pgtls '
+        "in the foreground on a terminal to type it, or set ssl_passphrase_command"
+    )
+
+
+def test_encrypted_key_and_no_terminal_names_the_key(datadir: Path, pki: PKI) -> None:
+    """
+    The terminal cannot be asked: the line names the key file as ssl_key_file
+    gives it, as PostgreSQL's ``could not load private key file "server.key"``.
+    """
+    write_encrypted_key(datadir / "server.key", pki, b"secret", "pkcs8")
+
+    def no_terminal(prompt: str) -> str:
+        raise TLSConfigError("no terminal to ask for its pass phrase (No such device)", "hint")
+
+    assert config_error(settings_for(datadir), ask_passphrase=no_terminal) == (
+        'could not load private key file "server.key": no terminal to ask for its pass phrase '
+        "(No such device): hint"
+    )
+    key = datadir / "keys" / "db.key"
+    key.parent.mkdir()
+    (datadir / "server.key").rename(key)
+    settings = settings_for(
+        datadir, ssl_key_file=str(key), raw_values=(("ssl_key_file", "keys/db.key"),)
+    )
+    assert config_error(settings, ask_passphrase=no_terminal).startswith(
+        'could not load private key file "keys/db.key": no terminal'
     )
 
 
@@ -899,7 +955,7 @@ def test_terminal_passphrase_without_a_terminal() -> None:
         timeout=30,
         check=True,
     )
-    assert done.stdout.startswith(b"ERROR cannot ask for the private key pass phrase: no terminal")
+    assert done.stdout.startswith(b"ERROR no terminal to ask for its pass phrase (")
 
 
 def _read_pty(fd: int, until: bytes | None, deadline: float) -> bytes:

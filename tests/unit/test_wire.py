@@ -699,23 +699,55 @@ def test_minor_version_above_zero_is_relayed() -> None:
         ),
         (
             (0, 0),
-            b"EFATAL:  unsupported frontend protocol 0.0: server supports 3.0 to 3.0\n\x00",
+            b"E\x00\x00\x00\x59SFATAL\x00VFATAL\x00C0A000\x00"
+            b"Munsupported frontend protocol 0.0: server supports 3.0 to 3.0\x00\x00",
+        ),
+        (
+            (0, 1),
+            b"EFATAL:  unsupported frontend protocol 0.1: server supports 3.0 to 3.0\n\x00",
+        ),
+        (
+            (1, 0),
+            b"EFATAL:  unsupported frontend protocol 1.0: server supports 3.0 to 3.0\n\x00",
+        ),
+        (
+            (2, 5),
+            b"EFATAL:  unsupported frontend protocol 2.5: server supports 3.0 to 3.0\n\x00",
         ),
         (
             (4, 0),
             b"E\x00\x00\x00\x59SFATAL\x00VFATAL\x00C0A000\x00"
             b"Munsupported frontend protocol 4.0: server supports 3.0 to 3.0\x00\x00",
         ),
+        (
+            (65535, 65535),
+            b"E\x00\x00\x00\x61SFATAL\x00VFATAL\x00C0A000\x00"
+            b"Munsupported frontend protocol 65535.65535: server supports 3.0 to 3.0\x00\x00",
+        ),
     ],
 )
 def test_unsupported_protocol(version: tuple[int, int], expected: bytes) -> None:
-    """Major != 3 is a FATAL 0A000, in v2 format for majors below 3, else v3."""
+    """
+    Major != 3 is a FATAL 0A000: in v2 format for majors below 3, else v3;
+    0.0 is v3 too (PostgreSQL's send_message_to_frontend takes a protocol
+    of 0 for "not set yet").
+    """
     major, minor = version
     error = read_error(startup_message({"user": "bob"}, major=major, minor=minor))
     assert isinstance(error, UnsupportedProtocol)
     assert (error.major, error.minor, error.sqlstate) == (major, minor, "0A000")
     assert (error.send, error.log) == (True, True)
     assert error.response() == expected
+
+
+def test_bare_version_zero_packet_gets_a_v3_error() -> None:
+    """The 8-byte packet of version 0.0 and no body: PostgreSQL 15's v3 FATAL 0A000."""
+    error = read_error(struct.pack("!II", 8, 0))
+    assert isinstance(error, UnsupportedProtocol)
+    assert error.response() == (
+        b"E\x00\x00\x00\x59SFATAL\x00VFATAL\x00C0A000\x00"
+        b"Munsupported frontend protocol 0.0: server supports 3.0 to 3.0\x00\x00"
+    )
 
 
 @pytest.mark.parametrize(

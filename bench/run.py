@@ -3,9 +3,10 @@ pgtls benchmark: native PostgreSQL SSL, PgBouncer, pgtls and stunnel compared.
 
 One PostgreSQL 15 cluster with a pgbench database, and in front of it, on
 127.0.0.1: PostgreSQL itself with ``ssl = on``; PgBouncer in session mode
-with TLS required from clients; pgtls; stunnel, a TLS relay written in C,
-for reference.  The three relays reach the cluster over its Unix socket,
-and all four present the same ECDSA P-256 certificate.
+with TLS required from clients; pgtls; two pgtls processes sharing one port
+(pgtls.so_reuseport, "pgtls2"); stunnel, a TLS relay written in C, for
+reference.  The relays reach the cluster over its Unix socket, and all
+present the same ECDSA P-256 certificate.
 Each round runs every workload against every target in turn (see
 workloads.py; W1 and W2 in slices, the targets taking turns); the table
 gives medians over the rounds, min-max, and each target's ratio to native
@@ -14,7 +15,7 @@ PostgreSQL measured in the same round.
 Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/run.py [--rounds N] [--duration S] [--slices K] [--smoke]
-        [--targets native,pgbouncer,pgtls,stunnel] [--json PATH]
+        [--targets native,pgbouncer,pgtls,pgtls2,stunnel] [--json PATH]
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import workloads
 from report import WORKLOADS
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = ("native", "pgbouncer", "pgtls", "stunnel")
+TARGETS = ("native", "pgbouncer", "pgtls", "pgtls2", "stunnel")
 # The relays that are not this project's, each run from its Debian package.
 _RELAYS = {relay.name: relay for relay in (servers.PgBouncer, servers.Stunnel)}
 
@@ -251,6 +252,8 @@ class Bench:
                 self.targets[name] = servers.Target(name, self.postgres.port, self.upstream_root)
             elif name == "pgtls":
                 self._start_pgtls(pki)
+            elif name == "pgtls2":
+                self._start_pgtls_pair(pki)
             else:
                 self._start_relay(name, programs[name], cert, key)
         for name, target in self.targets.items():
@@ -281,6 +284,15 @@ class Bench:
             pgtls.port,
             lambda: servers.pgtls_pid(pgtls),
             fresh=lambda: servers.restart_pgtls(pgtls),
+        )
+
+    def _start_pgtls_pair(self, pki: servers.Pki) -> None:
+        """Two pgtls processes sharing one port (pgtls.so_reuseport), counted together."""
+        pair = servers.PgtlsPair(self.root / "pgtls2", pki, self.postgres)
+        self.stack.callback(pair.stop)
+        pair.start()
+        self.targets["pgtls2"] = servers.Target(
+            "pgtls2", pair.port, lambda: pair.pid, fresh=pair.restart
         )
 
     # -- rounds -----------------------------------------------------------

@@ -27,7 +27,7 @@ _REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO / "tests" / "integration"))
 
 from pgserver import PostgresServer  # noqa: E402
-from pgtlsproc import PgtlsServer, Pki, free_port, make_datadir  # noqa: E402
+from pgtlsproc import TWISTD, PgtlsServer, Pki, free_port, make_datadir  # noqa: E402
 
 from pgtls import certs  # noqa: E402
 
@@ -36,6 +36,7 @@ __all__ = [
     "BENCH_USER",
     "BenchError",
     "PgBouncer",
+    "PgtlsPair",
     "Pki",
     "Stunnel",
     "Target",
@@ -480,6 +481,106 @@ def pgtls_pid(pgtls: PgtlsServer) -> int:
     if pgtls.process is None:
         raise BenchError("pgtls is not running")
     return pgtls.process.pid
+
+
+class PgtlsPair:
+    """
+    Two ``twistd pgtls`` processes on one data directory and one port
+    (``pgtls.so_reuseport = on``), as ``etc/pgtls@.service`` runs them: the
+    kernel spreads the connections over them.  A ``/bin/sh`` starts both and
+    is the root of their process tree, so that the workloads count the CPU
+    and memory of both; each runs in a session of its own (``setsid``), as
+    each instance of the unit has its own, so that the scheduler weighs them
+    apart rather than as one.
+    """
+
+    # setsid(1) execs in place (a background job of a plain sh leads no
+    # process group), so both stay the shell's children.  The shell waits
+    # until both have exited, whatever signal interrupts a wait.
+    _SCRIPT = (
+        'setsid "$TWISTD" --nodaemon --pidfile= --logfile="$LOG0" pgtls -D "$PGTLS_DIR" & a=$!; '
+        'setsid "$TWISTD" --nodaemon --pidfile= --logfile="$LOG1" pgtls -D "$PGTLS_DIR" & b=$!; '
+        "trap 'kill -TERM $a $b 2>/dev/null' INT TERM; "
+        "while kill -0 $a 2>/dev/null || kill -0 $b 2>/dev/null; do wait; done"
+    )
+
+    def __init__(self, root: Path, pki: Pki, server: PostgresServer) -> None:
+        """
+        :param root: their data directory (created here).
+        """
+        self.port = free_port()
+        self.datadir = make_datadir(
+            root,
+            pki,
+            server.conninfo(),
+            port=self.port,
+            settings=[f"max_connections = {FRONTEND_MAX_CONNECTIONS}", "pgtls.so_reuseport = on"],
+        )
+        self.logs = [root / "pgtls-0.log", root / "pgtls-1.log"]
+        self._seen = [0, 0]  # what the logs held before the last start
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """
+        Start both; wait until both have bound the port.
+
+        :raises BenchError: when one exits or does not listen within 20 s.
+        """
+        if self._process is not None:
+            return
+        self._seen = [len(self._log(0)), len(self._log(1))]
+        env = dict(
+            os.environ,
+            TWISTD=TWISTD,
+            PGTLS_DIR=str(self.datadir),
+            LOG0=str(self.logs[0]),
+            LOG1=str(self.logs[1]),
+        )
+        self._process = subprocess.Popen(
+            ["/bin/sh", "-c", self._SCRIPT],
+            cwd=_REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not all(f"port {self.port}" in self._log(i, True) for i in (0, 1)):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                logs = "\n".join(self._log(i) for i in (0, 1))
+                self.stop()
+                raise BenchError(f"pgtls2: did not start\n{logs}")
+            time.sleep(0.05)
+
+    def _log(self, index: int, since_start: bool = False) -> str:
+        try:
+            text = self.logs[index].read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return text[self._seen[index] :] if since_start else text
+
+    @property
+    def pid(self) -> int:
+        """The shell's process id: the root of both pgtls processes' tree."""
+        if self._process is None:
+            raise BenchError("pgtls2 is not running")
+        return self._process.pid
+
+    def stop(self) -> None:
+        """
+        Stop both (SIGTERM, through the shell): a smart shutdown, quick with
+        no session open, and the end of a process still starting (whose
+        SIGINT a background job of ``sh`` ignores).
+        """
+        if self._process is not None:
+            _terminate(self._process)
+            self._process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: fresh processes."""
+        self.stop()
+        self.start()
 
 
 # -- processes ------------------------------------------------------------

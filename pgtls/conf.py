@@ -88,6 +88,7 @@ class Settings:
     smart_shutdown_timeout: float = 30.0
     metrics_listen: str = ""
     proxy_protocol_networks: tuple[IPNetwork, ...] = ()
+    so_reuseport: bool = False
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
     raw_values: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -752,6 +753,8 @@ _PARAMS: tuple[_Param, ...] = (
         _show_networks,
         restart_only=False,
     ),
+    # PgBouncer's so_reuseport: several processes share the port.
+    _Param("pgtls.so_reuseport", "so_reuseport", _boolean, _show_bool),
 )
 _BY_NAME = {param.name: param for param in _PARAMS}
 _FILE_PARAMS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")

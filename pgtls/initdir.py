@@ -364,6 +364,13 @@ _SECTIONS: tuple[tuple[str, tuple[_Setting, ...]], ...] = (
                 "An endpoint for Prometheus metrics at /metrics, e.g.\n"
                 "'tcp:9187:interface=127.0.0.1'; empty means off.",
             ),
+            _Setting(
+                "pgtls.so_reuseport",
+                "off",
+                "on: bind the port with SO_REUSEPORT, so that several pgtls processes\n"
+                "serving this directory share it (one per core: etc/pgtls@.service).\n"
+                "max_connections and the metrics are then per process.",
+            ),
         ),
     ),
 )

@@ -6,9 +6,10 @@ privileged start, or the sockets systemd passed (socket activation).
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -18,7 +19,7 @@ from twisted.internet.endpoints import (
     quoteStringArgument,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReadDescriptor, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -26,7 +27,15 @@ from pgtls.frontdoor import FrontDoorFactory
 from pgtls.loader import StartupError
 from pgtls.relayreactor import dispatch_directly
 
-__all__ = ["ListenService", "Listenable", "inherited_descriptions", "listen_descriptions"]
+__all__ = [
+    "LISTEN_BACKLOG",
+    "ListenService",
+    "Listenable",
+    "bind_shared",
+    "inherited_descriptions",
+    "listen_descriptions",
+    "tcp_address",
+]
 
 #: What ListenService listens on: an endpoint description, or an endpoint
 #: (a socket passed without a name, which no description can name).
@@ -34,6 +43,9 @@ Listenable = str | IStreamServerEndpoint
 
 #: The first descriptor systemd passes (sd_listen_fds(3)).
 SD_LISTEN_FDS_START = 3
+
+#: Twisted's listen backlog, used for the ports pgtls binds itself too.
+LISTEN_BACKLOG = 50
 
 
 def listen_descriptions(listen_addresses: str, port: int) -> list[list[str]]:
@@ -157,6 +169,49 @@ def _tcp(port: int, address: str) -> str:
     return f"{kind}:{port}:interface={quoteStringArgument(address)}"
 
 
+_TCP = re.compile(r"(tcp6?):(\d+):interface=(.*)", re.DOTALL)
+
+
+def tcp_address(description: str) -> tuple[socket.AddressFamily, str, int]:
+    """
+    The family, address and port of a description made by L{listen_descriptions}.
+
+    @raise ValueError: not such a description.
+    """
+    match = _TCP.fullmatch(description)
+    if match is None:
+        raise ValueError(f"not a TCP listen description: {description!r}")
+    kind, port, quoted = match.groups()
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    # quoteStringArgument escapes backslashes and colons with a backslash.
+    return family, re.sub(r"\\(.)", r"\1", quoted), int(port)
+
+
+def bind_shared(description: str, backlog: int = LISTEN_BACKLOG) -> socket.socket:
+    """
+    A listening socket for ``description`` with SO_REUSEPORT set, so that
+    other processes (of the same user) may bind the same address and port
+    and the kernel spreads new connections over them.  Twisted's endpoints
+    cannot set the option; the socket is handed to the reactor with
+    ``adoptStreamPort``.
+
+    @raise OSError: the socket could not be made, bound or listen.
+    """
+    family, address, port = tcp_address(description)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As Twisted's TCP ports do, so that a restart need not wait out TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _resolve(name: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -169,8 +224,9 @@ def _resolve(name: str, port: int) -> list[str]:
 
 class ListenService(Service):
     """
-    Binds every listen address at privileged start, as PostgreSQL does, or
-    serves the sockets systemd passed.
+    Binds every listen address at privileged start, as PostgreSQL does (with
+    SO_REUSEPORT when pgtls.so_reuseport is on), or serves the sockets
+    systemd, or the process before us (SIGUSR2, pgtls.handover), passed.
     """
 
     log = Logger()
@@ -211,12 +267,7 @@ class ListenService(Service):
     def _listen_first(self, group: list[Listenable]) -> None:
         for description in group:
             outcome: list[Any] = []
-            endpoint = (
-                serverFromString(self.reactor, description)
-                if isinstance(description, str)
-                else description
-            )
-            endpoint.listen(self.factory).addBoth(outcome.append)
+            self._listen(description).addBoth(outcome.append)
             if outcome and not isinstance(outcome[0], Failure):
                 port: IListeningPort = outcome[0]
                 self.ports.append(port)
@@ -235,7 +286,67 @@ class ListenService(Service):
                 "could not bind {description}: {reason}", description=description, reason=reason
             )
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def _listen(self, description: Any) -> defer.Deferred[IListeningPort]:
+        """
+        Listen on ``description`` (an endpoint description, or an endpoint);
+        with pgtls.so_reuseport, an address of ours on a socket bound shared.
+        """
+        if not isinstance(description, str):
+            endpoint: Any = description
+        elif not self.factory.settings.so_reuseport or description.startswith("systemd:"):
+            endpoint = serverFromString(self.reactor, description)
+        else:
+            endpoint = None
+        if endpoint is not None:
+            listening: defer.Deferred[IListeningPort] = endpoint.listen(self.factory)
+            return listening
+        try:
+            sock = bind_shared(description)
+        except OSError as error:
+            return defer.fail(error)
+        with sock:
+            # The reactor takes a duplicate of the descriptor.
+            port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+        return defer.succeed(port)
+
+    def share(self) -> list[int]:
+        """
+        The listening sockets' descriptors, in order, for a process that
+        inherits them (a hand-over).  From now on closing a port only
+        closes our descriptor: Twisted shuts down (for every process) a
+        socket it bound itself when its port closes, and only closes one it
+        adopted; our ports become the latter kind.
+        """
+        for port in self.ports:
+            port._shouldShutdown = False  # type: ignore[attr-defined]
+        return [cast(IReadDescriptor, port).fileno() for port in self.ports]
+
+    def shared_port(self) -> bool:
+        """Whether our sockets are bound with SO_REUSEPORT: other processes may share the port."""
+        for port in self.ports:
+            sock = socket.socket(fileno=cast(IReadDescriptor, port).fileno())
+            try:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+                    return True
+            finally:
+                sock.detach()
+        return False
+
+    def pause(self) -> None:
+        """Stop accepting, keeping the sockets (another process accepts on them)."""
+        for port in self.ports:
+            cast(IReadDescriptor, port).stopReading()  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        """Accept again after L{pause}."""
+        for port in self.ports:
+            cast(IReadDescriptor, port).startReading()  # type: ignore[attr-defined]
+
+    def stop_listening(self) -> defer.Deferred[Any]:
+        """Close the ports now: new connections go to the other processes on them."""
         ports, self.ports = self.ports, []
         return gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.stop_listening()

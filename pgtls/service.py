@@ -24,7 +24,12 @@ from twisted.python import usage
 
 from pgtls import conf, hba, relayreactor
 from pgtls.frontdoor import FrontDoorFactory
-from pgtls.listening import ListenService, inherited_descriptions, listen_descriptions
+from pgtls.handover import Channel, HandoverService, ReadyService, no_terminal_passphrase
+from pgtls.listening import (
+    ListenService,
+    inherited_descriptions,
+    listen_descriptions,
+)
 from pgtls.loader import StartupError, load_hba, load_server_config
 from pgtls.metrics import metrics_service
 from pgtls.sdnotify import Notifier, monotonic_usec
@@ -53,11 +58,14 @@ A passphrase-protected server.key is asked for on the terminal before twistd
 daemonizes, unless ssl_passphrase_command is set.
 
 Started by systemd socket activation (LISTEN_FDS, LISTEN_PID, and
-LISTEN_FDNAMES if set), pgtls serves the TCP sockets it was passed, named
-or not, and ignores listen_addresses and port. SIGTERM is a smart shutdown
-(new sessions are refused, open ones may end within
+LISTEN_FDNAMES if set), pgtls serves the TCP sockets it was passed, named or
+not, and ignores listen_addresses and port. SIGTERM is a smart shutdown (new
+sessions are refused, open ones may end within
 pgtls.smart_shutdown_timeout), SIGINT a fast one (each session gets FATAL
-57P01). With NOTIFY_SOCKET set (systemd's Type=notify) pgtls reports READY,
+57P01). SIGUSR2 starts a new pgtls on the same listening sockets, which
+reads every file anew (a renewed certificate); once it is ready this one
+stops accepting and ends as in a smart shutdown, refusing no connection.
+With NOTIFY_SOCKET set (systemd's Type=notify) pgtls reports READY,
 RELOADING, STOPPING and a STATUS line.
 
 Examples:
@@ -144,7 +152,11 @@ class NotifyService(Service):
         self.notifier = notifier
         self.interval = interval
         self.status: str | None = None
+        #: Sent with the first READY=1 by a process started by SIGUSR2, so
+        #: that systemd follows it (the unit's NotifyAccess=all lets it).
+        self.main_pid: int | None = None
         self._stopping = False
+        self._muted = False
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -162,7 +174,10 @@ class NotifyService(Service):
     def _ready(self) -> None:
         if self._stopping:
             return
-        self._send(READY=1)
+        if self.main_pid is not None:
+            self._send(MAINPID=self.main_pid, READY=1)
+        else:
+            self._send(READY=1)
         self._loop = LoopingCall(self.update_status)
         self._loop.clock = self.reactor
         self._loop.start(self.interval, now=False)
@@ -195,8 +210,22 @@ class NotifyService(Service):
         self._stopping = True
         self._send(STOPPING=1)
 
+    def hand_over(self) -> None:
+        """
+        A new process has told systemd it is the main process: say nothing
+        more (a STOPPING=1 from here would stop the service).
+        """
+        self._muted = True
+        self._stopping = True
+
+    def take_back(self) -> None:
+        """The new process ended: this one is systemd's main process again, and ready."""
+        self._muted = False
+        self._stopping = False
+        self._send(MAINPID=os.getpid(), READY=1)
+
     def _send(self, **fields: str | int) -> None:
-        if not self.notifier.enabled:
+        if not self.notifier.enabled or self._muted:
             return
         self.status = self.status_text()
         self.notifier.notify(**fields, STATUS=self.status)
@@ -307,15 +336,26 @@ def makeService(options: Options) -> MultiService:
     relayreactor.install()
     from twisted.internet import reactor
 
+    # Started by SIGUSR2 (pgtls.handover): report there, and ask no terminal.
+    channel = Channel.from_environment()
     try:
         config = load_server_config(
-            options["pgdata"], options["overrides"], ask_passphrase=terminal_passphrase
+            options["pgdata"],
+            options["overrides"],
+            ask_passphrase=terminal_passphrase if channel is None else no_terminal_passphrase,
         )
         inherited = inherited_descriptions(reactor)
         if not inherited:
             # Resolve listen_addresses now, so a bad name stops the start here.
             listen_descriptions(config.settings.listen_addresses, config.settings.port)
         metrics = metrics_service(reactor, config.settings)
+        if channel is not None and channel.metrics_fd is not None:
+            # The metrics socket the old process served: ours, or closed if
+            # we serve no metrics now (it would take connections no one serves).
+            if metrics is not None:
+                metrics.endpoint = channel.metrics_endpoint(reactor)
+            else:
+                os.close(channel.metrics_fd)
     except StartupError as error:
         # One line per error (several bad pg_hba.conf lines are each named).
         raise SystemExit("\n".join(f"pgtls: {line}" for line in str(error).split("\n"))) from None
@@ -328,12 +368,20 @@ def makeService(options: Options) -> MultiService:
     )
     top = MultiService()
     notify = NotifyService(reactor, factory, Notifier.from_environment())
+    if channel is not None:
+        notify.main_pid = os.getpid()
     ReloadService(reactor, factory, dict(options["overrides"]), notify).setServiceParent(top)
-    ListenService(reactor, factory, inherited).setServiceParent(top)
+    listen = ListenService(reactor, factory, inherited)
+    listen.setServiceParent(top)
     notify.setServiceParent(top)
-    ShutdownService(reactor, factory, notify).setServiceParent(top)
+    shutdown = ShutdownService(reactor, factory, notify, listen=listen)
+    shutdown.setServiceParent(top)
     if metrics is not None:
         metrics.setServiceParent(top)
+    HandoverService(reactor, listen, shutdown, metrics).setServiceParent(top)
+    if channel is not None:
+        # Last: ready once every port listens and systemd has been told.
+        ReadyService(reactor, channel).setServiceParent(top)
     log = Logger()
     for notice in config.settings.notices:
         log.info("{notice}", notice=notice)

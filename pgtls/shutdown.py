@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from pgtls.frontdoor import FrontDoorFactory
 
 if TYPE_CHECKING:
+    from pgtls.listening import ListenService
     from pgtls.service import NotifyService
 
 __all__ = ["FAST", "FAST_SHUTDOWN_GRACE", "SMART", "Mode", "ShutdownService"]
@@ -40,6 +41,13 @@ class ShutdownService(Service):
     closed within FAST_SHUTDOWN_GRACE is aborted.  A SIGINT during a smart
     shutdown makes it fast.  The ports stay open until the end, so that
     clients are told rather than refused; then the reactor stops.
+
+    Two smart shutdowns leave the port to other processes instead: on
+    sockets bound with SO_REUSEPORT (pgtls.so_reuseport) the ports are
+    closed (the kernel sends new clients to the other processes on the
+    port), and after a hand-over (SIGUSR2, L{pgtls.handover}) they stop
+    accepting (the new process accepts on the same sockets).  Neither
+    refuses a connection it has already accepted.
     """
 
     log = Logger()
@@ -51,12 +59,20 @@ class ShutdownService(Service):
         notify: NotifyService,
         *,
         grace: float = FAST_SHUTDOWN_GRACE,
+        listen: ListenService | None = None,
     ) -> None:
+        """
+        @param listen: the ports, closed or paused by the smart shutdowns
+            that leave the port to other processes; None keeps them open.
+        """
         self.reactor = reactor
         self.factory = factory
         self.notify = notify
         self.grace = grace
+        self.listen = listen
         self.mode: Mode | None = None
+        #: Whether a new process took the sockets over (L{hand_over}).
+        self.handed_over = False
         self._timer: IDelayedCall | None = None
         self._reactor_stopping = False
 
@@ -86,16 +102,61 @@ class ShutdownService(Service):
         self.mode = mode
         self.log.info("received {mode} shutdown request", mode=mode)
         if first:
-            self.factory.shutting_down = True
+            if not self._leaves_port():
+                self.factory.shutting_down = True
             self.notify.stopping()
         if mode == FAST:
             self._fast()
         else:
             self._smart()
         if first:
-            self.factory.when_idle().addCallback(lambda _: self._stop_reactor())
+            self.factory.when_idle().addCallback(lambda _: self._idle())
+
+    def hand_over(self) -> None:
+        """
+        A new process accepts on our sockets now: stop accepting, say nothing
+        more to systemd (the new process is its main process), and end as in
+        a smart shutdown, the open sessions going on until they end.
+        """
+        if self.mode is not None:
+            return
+        self.handed_over = True
+        self.notify.hand_over()
+        self.request(SMART)
+
+    def take_back(self) -> None:
+        """
+        The new process ended after a L{hand_over}, while this one was still
+        ending: accept again and serve on, as systemd's main process again.
+        """
+        if not self.handed_over or self.mode != SMART:
+            return
+        self.handed_over = False
+        self.mode = None
+        self._cancel_timer()
+        if self.listen is not None:
+            self.listen.resume()
+        self.notify.take_back()
+
+    def _leaves_port(self) -> bool:
+        """Whether a smart shutdown leaves the port to other processes (see the class)."""
+        return self.listen is not None and (self.handed_over or self.listen.shared_port())
+
+    def _idle(self) -> None:
+        # take_back() may have cancelled the shutdown this waited for.
+        if self.mode is not None:
+            self._stop_reactor()
 
     def _smart(self) -> None:
+        if self.listen is not None and self.handed_over:
+            self.listen.pause()
+            self.log.info("no longer accepting connections: the new process accepts them")
+        elif self.listen is not None and self._leaves_port():
+            self.listen.stop_listening()
+            self.log.info(
+                "the port is shared (pgtls.so_reuseport): no longer listening; new "
+                "connections go to the other processes on the port"
+            )
         count = len(self.factory.connections)
         if not count:
             return

@@ -94,18 +94,21 @@ def test_units_verify(tmp_path: Path) -> None:
     installed units).
     """
     analyze = need("systemd-analyze")
-    unit = (REPO / "etc" / "pgtls.service").read_text()
-    located = re.sub(
-        r"^(Exec\w*=)/opt/pgtls/bin/(pgtls|twistd) ",
-        rf"\g<1>{VENV_BIN}/\g<2> ",
-        unit,
-        flags=re.MULTILINE,
-    )
-    assert located.count(VENV_BIN) == 2
-    (tmp_path / "pgtls.service").write_text(located)
+    for name in ("pgtls.service", "pgtls@.service"):
+        unit = (REPO / "etc" / name).read_text()
+        located = re.sub(
+            r"^(Exec\w*=)/opt/pgtls/bin/(pgtls|twistd) ",
+            rf"\g<1>{VENV_BIN}/\g<2> ",
+            unit,
+            flags=re.MULTILINE,
+        )
+        assert located.count(VENV_BIN) == 2, name
+        (tmp_path / name).write_text(located)
     shutil.copy(REPO / "etc" / "pgtls.socket", tmp_path / "pgtls.socket")
+    # A template is verified through an instance of it.
+    units = ["pgtls.service", "pgtls.socket", "pgtls@0.service"]
     done = subprocess.run(
-        [analyze, "verify", str(tmp_path / "pgtls.service"), str(tmp_path / "pgtls.socket")],
+        [analyze, "verify", *(str(tmp_path / unit) for unit in units)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -134,6 +137,29 @@ def test_service_unit_essentials() -> None:
         assert line in lines, line
     socket_unit = (REPO / "etc" / "pgtls.socket").read_text()
     assert "FileDescriptorName=pgtls" in socket_unit.splitlines()
+
+
+def test_units_follow_a_sigusr2_hand_over() -> None:
+    """
+    Both service units let the process SIGUSR2 starts name itself the main
+    process (NotifyAccess=all) and say how to send it to the main process only.
+    """
+    command = "systemctl kill --kill-whom=main --signal=SIGUSR2"
+    for name in ("pgtls.service", "pgtls@.service"):
+        unit = (REPO / "etc" / name).read_text()
+        assert "NotifyAccess=all" in unit.splitlines(), name
+        assert command in unit, name
+
+
+def test_template_unit_shares_the_port() -> None:
+    """pgtls@.service: so_reuseport on, and each instance its own metrics port."""
+    lines = (REPO / "etc" / "pgtls@.service").read_text().splitlines()
+    assert (
+        "ExecStart=/opt/pgtls/bin/twistd --nodaemon --pidfile= --logfile=- pgtls "
+        "-D ${PGDATA} -c pgtls.so_reuseport=on -c pgtls.metrics_listen=${PGTLS_METRICS}"
+    ) in lines
+    assert "Environment=PGTLS_METRICS=tcp:918%i:interface=127.0.0.1" in lines
+    assert "EnvironmentFile=-/etc/pgtls/%i.env" in lines
 
 
 # --- socket activation ----------------------------------------------------------

@@ -612,6 +612,15 @@ def test_metrics_listen(tmp_path: Path) -> None:
     assert loaded.metrics_listen == "tcp:9187:interface=127.0.0.1"
 
 
+def test_so_reuseport(tmp_path: Path) -> None:
+    """pgtls.so_reuseport is off by default and takes PostgreSQL's Booleans."""
+    assert _load(tmp_path, "").so_reuseport is False
+    assert _load(tmp_path, "pgtls.so_reuseport = on").so_reuseport is True
+    assert _load(tmp_path, "pgtls.so_reuseport = 'yes'").so_reuseport is True
+    with pytest.raises(ConfigError, match="requires a Boolean value"):
+        _load(tmp_path, "pgtls.so_reuseport = sometimes")
+
+
 def test_smart_shutdown_timeout(tmp_path: Path) -> None:
     """pgtls.smart_shutdown_timeout: 30 s by default, seconds with PostgreSQL's units, 0 allowed."""
     assert _load(tmp_path, "").smart_shutdown_timeout == 30.0
@@ -865,6 +874,7 @@ def test_restart_only_names() -> None:
         "pgtls.upstream",
         "pgtls.clientcert",
         "pgtls.metrics_listen",
+        "pgtls.so_reuseport",
     } == RESTART_ONLY
 
 

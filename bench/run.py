@@ -15,7 +15,7 @@ PostgreSQL measured in the same round.
 Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/run.py [--rounds N] [--duration S] [--slices K] [--smoke]
-        [--targets native,pgbouncer,pgtls,pgtls2,stunnel] [--json PATH]
+        [--targets native,pgbouncer,pgtls,pgtls2,pgtls-tls,stunnel] [--json PATH]
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ import workloads
 from report import WORKLOADS
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = ("native", "pgbouncer", "pgtls", "pgtls2", "stunnel")
+# pgtls-tls: pgtls whose upstream leg is TLS too (sslmode=verify-full to the
+# cluster's TCP port), beside pgtls on the cluster's Unix socket.
+TARGETS = ("native", "pgbouncer", "pgtls", "pgtls2", "pgtls-tls", "stunnel")
 # The relays that are not this project's, each run from its Debian package.
 _RELAYS = {relay.name: relay for relay in (servers.PgBouncer, servers.Stunnel)}
 
@@ -250,8 +252,8 @@ class Bench:
         for name in config.targets:
             if name == "native":
                 self.targets[name] = servers.Target(name, self.postgres.port, self.upstream_root)
-            elif name == "pgtls":
-                self._start_pgtls(pki)
+            elif name in ("pgtls", "pgtls-tls"):
+                self._start_pgtls(pki, name)
             elif name == "pgtls2":
                 self._start_pgtls_pair(pki)
             else:
@@ -270,8 +272,15 @@ class Bench:
             name, relay.port, lambda: relay.pid, fresh=relay.restart, release=relay.restart
         )
 
-    def _start_pgtls(self, pki: servers.Pki) -> None:
-        pgtls = servers.start_pgtls(self.root / "pgtls", pki, self.postgres)
+    def _start_pgtls(self, pki: servers.Pki, name: str) -> None:
+        upstream = None
+        if name == "pgtls-tls":
+            # The cluster's certificate is the bench CA's, for 127.0.0.1.
+            upstream = (
+                f"host=127.0.0.1 port={self.postgres.port} sslmode=verify-full "
+                f"sslrootcert={pki.ca_file}"
+            )
+        pgtls = servers.start_pgtls(self.root / name, pki, self.postgres, upstream=upstream)
         self.stack.callback(pgtls.stop)
         self.versions["pgtls"] = _version(
             ["git", "-C", str(REPO), "describe", "--always", "--dirty"]
@@ -279,8 +288,8 @@ class Bench:
         # twistd runs on this interpreter, whose build sets pgtls's speed.
         base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self.versions["pgtls's python"] = f"{platform.python_version()} ({base})"
-        self.targets["pgtls"] = servers.Target(
-            "pgtls",
+        self.targets[name] = servers.Target(
+            name,
             pgtls.port,
             lambda: servers.pgtls_pid(pgtls),
             fresh=lambda: servers.restart_pgtls(pgtls),

@@ -444,18 +444,22 @@ class Stunnel(_Daemon):
 # -- pgtls ----------------------------------------------------------------
 
 
-def start_pgtls(root: Path, pki: Pki, server: PostgresServer) -> PgtlsServer:
+def start_pgtls(
+    root: Path, pki: Pki, server: PostgresServer, *, upstream: str | None = None
+) -> PgtlsServer:
     """
     Start ``twistd pgtls`` on 127.0.0.1 in front of the cluster's Unix socket.
 
     :param root: its data directory (created here).
+    :param upstream: its pgtls.upstream instead of the cluster's Unix socket
+        (the TLS upstream leg's target).
     :raises BenchError: when it does not start.
     """
     port = free_port()
     datadir = make_datadir(
         root,
         pki,
-        server.conninfo(),
+        upstream or server.conninfo(),
         port=port,
         settings=[f"max_connections = {FRONTEND_MAX_CONNECTIONS}"],
     )

@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from cryptography import x509
 
 from pgtls import channelbinding, conf
+from pgtls.listening import configured_listen_descriptions
 from pgtls.loader import ServerConfig, load_server_config
+from pgtls.upstreamcheck import probe_upstream
 
 __all__ = ["channel_binding_lines", "check_report"]
 
@@ -21,25 +23,38 @@ def check_report(
     overrides: Mapping[str, str] | None = None,
     *,
     ask_passphrase: Callable[[str], str] | None = None,
+    probe: bool = True,
 ) -> str:
     """
     The report of a successful check.
+
+    @param probe: connect to the upstream and report how it answered (the
+        certificate it presented, or why the leg failed) as warnings.
 
     @raise pgtls.loader.StartupError: what would stop the server from starting.
     """
     config = load_server_config(
         os.path.abspath(data_directory), overrides, ask_passphrase=ask_passphrase
     )
+    # As the server does before it listens: a name that does not resolve.
+    configured_listen_descriptions(config.settings)
     lines = ["settings:"]
     lines += [f"  {name} = {value}" for name, value in conf.describe(config.settings)]
     for notice in config.settings.notices:
         lines.append(f"  note: {notice}")
     lines += _tls_lines(config)
-    if config.settings.upstream.is_unix:
-        # A Unix-socket upstream never uses TLS (as in libpq).
+    if not config.settings.upstream.uses_tls:
+        # A Unix socket or sslmode=disable: never TLS (as in libpq).
         lines += channel_binding_lines(config, None)
     lines.append(f"pg_hba.conf: {len(config.rules)} rule(s)")
     lines += [f"  warning: {warning}" for warning in config.rules.warnings]
+    if probe:
+        # A warning at most: the upstream may start later than pgtls.
+        lines += probe_upstream(
+            config.settings.upstream,
+            config.upstream_tls,
+            server_cert=config.tls.certificate if config.tls is not None else None,
+        )
     lines.append("pgtls check: OK, the server would start")
     return "\n".join(lines) + "\n"
 

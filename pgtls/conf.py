@@ -14,7 +14,6 @@ import ipaddress
 import math
 import os
 import re
-import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,19 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
-from pgtls.conninfo import Upstream, format_conninfo, parse_conninfo
+from pgtls.conninfo import Upstream, format_conninfo, parse_conninfo, resolve_files
+from pgtls.pgfiles import (
+    MAX_DEPTH,
+    ConfigFileError,
+    IncludeProblem,
+    absolute,
+    ascii_lower,
+    include_dir_files,
+    is_blank,
+    parse_bool,
+    read_bytes,
+    strerror,
+)
 
 __all__ = [
     "RESTART_ONLY",
@@ -36,15 +47,12 @@ __all__ = [
 ]
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigFileError):
     """A configuration file is wrong; ``str()`` is ``FILE:LINE: reason``."""
 
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        self.path = path
-        self.line = line
-        self.reason = reason
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(_shown(f"{where}: {reason}"))
+    def shown(self, text: str) -> str:
+        """The text with unprintable characters escaped."""
+        return _shown(text)
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -89,6 +97,7 @@ class Settings:
     metrics_listen: str = ""
     proxy_protocol_networks: tuple[IPNetwork, ...] = ()
     so_reuseport: bool = False
+    fast_path: bool = True
     explicit: frozenset[str] = frozenset()
     notices: tuple[str, ...] = field(default=(), compare=False)
     raw_values: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -264,10 +273,6 @@ def _parse_line(tokens: list[_Token], path: str, line: int) -> tuple[str, str]:
 # Files and include directives
 
 
-# ParseConfigFile's limit: the main file is depth 0, each include one more.
-_MAX_DEPTH = 10
-
-
 @dataclass(frozen=True, slots=True)
 class _Item:
     """One ``name = value`` line, where it was read."""
@@ -276,24 +281,6 @@ class _Item:
     value: str
     path: str
     line: int
-
-
-def _ascii_lower(name: str) -> str:
-    """Fold A-Z only, as PostgreSQL's guc_name_compare does."""
-    return name.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _blank(name: str) -> bool:
-    """PostgreSQL refuses include names made only of blanks (they name the directory)."""
-    return name.strip(" \t\r\n") == ""
-
-
-def _strerror(error: OSError) -> str:
-    """The ``%m`` of a failed system call."""
-    return error.strerror or str(error)
 
 
 class _Reader:
@@ -318,23 +305,22 @@ class _Reader:
         @param depth: include nesting depth.
         @raise ConfigError: unreadable file, syntax error, nesting too deep.
         """
-        if depth > _MAX_DEPTH:
+        if depth > MAX_DEPTH:
             raise ConfigError(
                 *calling,
                 f'could not open configuration file "{location}": maximum nesting depth exceeded',
             )
-        if _blank(location):
+        if is_blank(location):
             raise ConfigError(*calling, f'empty configuration file name: "{location}"')
-        path = _absolute(location, calling[0])
+        path = absolute(location, calling[0])
         try:
-            with open(path, "rb") as config:
-                data = config.read()
+            data = read_bytes(path)
         except OSError as error:
             if not strict:
                 self.notices.append(f'skipping missing configuration file "{path}"')
                 return
             raise ConfigError(
-                *calling, f'could not open configuration file "{path}": {_strerror(error)}'
+                *calling, f'could not open configuration file "{path}": {strerror(error)}'
             ) from None
         # Non-UTF-8 bytes survive as surrogate escapes: PostgreSQL takes any
         # byte in comments and values, and so do we.
@@ -348,33 +334,11 @@ class _Reader:
         @raise ConfigError: blank name, unreadable directory or file entry,
             and any error of the files read.
         """
-        if _blank(location):
-            raise ConfigError(*calling, f'empty configuration directory name: "{location}"')
-        directory = _absolute(location, calling[0])
         try:
-            names = os.listdir(directory)
-        except OSError as error:
-            raise ConfigError(
-                *calling,
-                f'could not open configuration directory "{directory}": {_strerror(error)}',
-            ) from None
-        files = []
-        # Any name ending in .conf and not starting with a dot has the six
-        # bytes PostgreSQL also insists on.
-        for name in names:
-            if name.startswith(".") or not name.endswith(".conf"):
-                continue
-            path = os.path.normpath(os.path.join(directory, name))
-            try:
-                is_directory = stat.S_ISDIR(os.stat(path).st_mode)
-            except OSError as error:
-                raise ConfigError(
-                    *calling, f'could not stat file "{path}": {_strerror(error)}'
-                ) from None
-            if not is_directory:
-                files.append(path)
-        # strcmp order: compare the bytes, not the decoded characters.
-        for path in sorted(files, key=os.fsencode):
+            files = include_dir_files(location, calling[0])
+        except IncludeProblem as problem:
+            raise ConfigError(*calling, problem.reason) from None
+        for path in files:
             self.read_file(path, True, calling, depth)
 
     def _parse(self, text: str, path: str, depth: int) -> None:
@@ -384,7 +348,7 @@ class _Reader:
             if not tokens:
                 continue
             name, value = _parse_line(tokens, path, number)
-            directive = _ascii_lower(name)
+            directive = ascii_lower(name)
             if directive == "include":
                 self.read_file(value, True, (path, number), depth + 1)
             elif directive == "include_if_exists":
@@ -393,13 +357,6 @@ class _Reader:
                 self.read_directory(value, (path, number), depth + 1)
             else:
                 self.items.append(_Item(name, value, path, number))
-
-
-def _absolute(location: str, calling_file: str) -> str:
-    """Resolve an include name against the including file's directory."""
-    if os.path.isabs(location):
-        return location
-    return os.path.normpath(os.path.join(os.path.dirname(calling_file), location))
 
 
 # ---------------------------------------------------------------------------
@@ -414,32 +371,6 @@ _STRTOD = re.compile(
     r"[ \t\n\v\f\r]*([+-]?)(?:"
     r"0[xX](?P<hex>[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP](?P<exp>[+-]?[0-9]+))?"
     r"|(?P<dec>(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?))"
-)
-
-
-def _parse_bool(text: str) -> bool | None:
-    """
-    PostgreSQL's parse_bool: on/off/true/false/yes/no/1/0 in any case, any
-    prefix of true/false/yes/no, at least two letters of on/off.
-
-    @return: the value, or None when text is not a Boolean.
-    """
-    word = _ascii_lower(text)
-    if word in ("1", "0"):
-        return word == "1"
-    for full, value, shortest in _BOOL_WORDS:
-        if len(word) >= shortest and full.startswith(word):
-            return value
-    return None
-
-
-_BOOL_WORDS = (
-    ("true", True, 1),
-    ("false", False, 1),
-    ("yes", True, 1),
-    ("no", False, 1),
-    ("on", True, 2),
-    ("off", False, 2),
 )
 
 
@@ -583,7 +514,7 @@ def _boolean(name: str, text: str) -> bool:
 
     @raise _InvalidValue: PostgreSQL's ``requires a Boolean value``.
     """
-    value = _parse_bool(text)
+    value = parse_bool(text)
     if value is None:
         raise _InvalidValue(f'parameter "{name}" requires a Boolean value')
     return value
@@ -630,7 +561,7 @@ def _enum(*options: str) -> _Parser:
 
     def parse(name: str, text: str) -> str:
         for option in options:
-            if _ascii_lower(option) == _ascii_lower(text):
+            if ascii_lower(option) == ascii_lower(text):
                 return option
         listed = ", ".join(option or '""' for option in options)
         raise _InvalidValue(_invalid(name, text, f"Available values: {listed}."))
@@ -647,7 +578,12 @@ def _upstream(name: str, text: str) -> Upstream:
     try:
         return parse_conninfo(text)
     except ValueError as error:
-        raise _InvalidValue(_invalid(name, text, str(error))) from None
+        # The message shows the value: never its sslpassword.
+        shown = _SSLPASSWORD.sub(r"\1********", text)
+        raise _InvalidValue(_invalid(name, shown, str(error))) from None
+
+
+_SSLPASSWORD = re.compile(r"(sslpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]*)")
 
 
 def _networks(name: str, text: str) -> tuple[IPNetwork, ...]:
@@ -755,6 +691,8 @@ _PARAMS: tuple[_Param, ...] = (
     ),
     # PgBouncer's so_reuseport: several processes share the port.
     _Param("pgtls.so_reuseport", "so_reuseport", _boolean, _show_bool),
+    # The relay's fast path (pgtls.fastpath), decided once at start.
+    _Param("pgtls.fast_path", "fast_path", _boolean, _show_bool),
 )
 _BY_NAME = {param.name: param for param in _PARAMS}
 _FILE_PARAMS = ("ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file")
@@ -811,7 +749,7 @@ def _lookup(name: str) -> _Param | None:
         which is ignored as PostgreSQL ignores placeholders.
     @raise _Unrecognized: for an unknown plain name or unknown ``pgtls.*``.
     """
-    key = _ascii_lower(name)
+    key = ascii_lower(name)
     param = _BY_NAME.get(key)
     if param is not None:
         return param
@@ -929,6 +867,8 @@ def _settings(
         # An empty file setting means "none", as in PostgreSQL.
         if file_name:
             changes[attribute] = os.path.normpath(os.path.join(directory, file_name))
+    if "upstream" in changes:
+        changes["upstream"] = resolve_files(changes["upstream"], directory)
     return replace(settings, **changes)
 
 

@@ -3,34 +3,96 @@ libpq-style connection strings for ``pgtls.upstream``.
 
 Both of libpq's forms are read: keyword/value (``host=/var/run/postgresql
 port=5432``) and the URI (``postgresql://db.example:5433``,
-``postgres://%2Fvar%2Frun%2Fpostgresql:5432``).  Only the keywords that say
-*where* the upstream listens are accepted; the others (``dbname``, ``user``,
-``sslmode`` ...) are refused, because pgtls relays each client's own startup
-packet and never opens a session of its own.  Error messages are libpq's
-where libpq has one.
+``postgres://%2Fvar%2Frun%2Fpostgresql:5432``).  The keywords that say
+*where* the upstream listens and *how* its TLS is negotiated and verified
+(``sslmode``, ``sslrootcert`` ...) are accepted, with libpq's meaning and
+defaults; the session's own (``dbname``, ``user`` ...) are refused, because
+pgtls relays each client's own startup packet and never opens a session of
+its own.  Error messages are libpq's where libpq has one.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Upstream", "format_conninfo", "parse_conninfo"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "SSLMODES",
+    "TLS_VERSIONS",
+    "Upstream",
+    "format_conninfo",
+    "parse_conninfo",
+    "resolve_files",
+]
 
 #: Where Debian's PostgreSQL puts its socket; the default upstream.
 DEFAULT_HOST = "/var/run/postgresql"
 #: PostgreSQL's port.
 DEFAULT_PORT = 5432
+#: libpq's sslmode values, weakest first.
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: libpq's ssl_min/max_protocol_version values ("" = no bound).
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+#: The keywords that name files: relative names are relative to the data directory.
+_FILE_KEYWORDS = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """Where the upstream PostgreSQL listens: a Unix socket directory or a TCP host."""
+    """
+    Where the upstream PostgreSQL listens (a Unix socket directory or a TCP
+    host) and how its TLS is negotiated, with libpq's keywords and defaults.
+
+    ``host`` is the address connected to (``hostaddr`` when given);
+    ``server_name`` is the ``host`` keyword, the name that goes in SNI and
+    that verify-full checks (libpq's ``connhost[].host``), "" when only
+    ``hostaddr`` was given.  The TLS fields keep libpq's spelling; empty
+    file names mean none, and ``sslrootcert`` may be ``system``.
+    """
 
     host: str
     port: int = 5432
     connect_timeout: float | None = None
+    sslmode: str = "prefer"
+    sslrootcert: str = ""
+    sslcert: str = ""
+    sslkey: str = ""
+    sslpassword: str = field(default="", repr=False)
+    sslcrl: str = ""
+    sslsni: bool = True
+    sslnegotiation: str = "postgres"
+    ssl_min_protocol_version: str = "TLSv1.2"
+    ssl_max_protocol_version: str = ""
+    server_name: str | None = None
+
+    @property
+    def tls_name(self) -> str:
+        """The host name for SNI and verify-full: the ``host`` keyword (libpq's rule)."""
+        return self.host if self.server_name is None else self.server_name
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether TLS may be tried at all: never on a Unix socket or with sslmode=disable."""
+        return not self.is_unix and self.sslmode != "disable"
+
+    @property
+    def requires_tls(self) -> bool:
+        """Whether the connection fails without TLS (require, verify-ca, verify-full)."""
+        return self.uses_tls and SSLMODES.index(self.sslmode) >= SSLMODES.index("require")
+
+    @property
+    def address(self) -> str:
+        """The upstream's address for logs: the socket file, or ``host:port``."""
+        if self.is_unix:
+            return self.unix_socket_path
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def is_unix(self) -> bool:
@@ -43,7 +105,24 @@ class Upstream:
         return f"{self.host.rstrip('/')}/.s.PGSQL.{self.port}"
 
 
-_ACCEPTED = frozenset({"host", "hostaddr", "port", "connect_timeout"})
+_ACCEPTED = frozenset(
+    {
+        "host",
+        "hostaddr",
+        "port",
+        "connect_timeout",
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslcrl",
+        "sslsni",
+        "sslnegotiation",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+    }
+)
 
 # libpq's other connection options (PostgreSQL 17).  They are known, so they
 # get an explanation rather than libpq's bare "invalid connection option".
@@ -74,19 +153,9 @@ _RELAYED = frozenset(
         "requiressl",
         "service",
         "ssl",
-        "ssl_max_protocol_version",
-        "ssl_min_protocol_version",
-        "sslcert",
         "sslcertmode",
         "sslcompression",
-        "sslcrl",
         "sslcrldir",
-        "sslkey",
-        "sslmode",
-        "sslnegotiation",
-        "sslpassword",
-        "sslrootcert",
-        "sslsni",
         "target_session_attrs",
         "tcp_user_timeout",
         "user",
@@ -131,6 +200,29 @@ def format_conninfo(upstream: Upstream) -> str:
         timeout = upstream.connect_timeout
         shown = str(int(timeout)) if timeout == int(timeout) else repr(timeout)
         parts.append(f"connect_timeout={shown}")
+    if upstream.server_name is not None:
+        parts[0] = f"host={_quote(upstream.server_name)} hostaddr={_quote(upstream.host)}"
+        if not upstream.server_name:
+            parts[0] = f"hostaddr={_quote(upstream.host)}"
+    defaults = Upstream(upstream.host)
+    for keyword in (
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "sslcrl",
+        "sslnegotiation",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+    ):
+        value = getattr(upstream, keyword)
+        if value != getattr(defaults, keyword):
+            parts.append(f"{keyword}={_quote(value)}")
+    if not upstream.sslsni:
+        parts.append("sslsni=0")
+    if upstream.sslpassword:
+        # Never shown: check's report and the logs print this string.
+        parts.append("sslpassword=********")
     return " ".join(parts)
 
 
@@ -154,8 +246,10 @@ def _store(values: dict[str, str], key: str, value: str) -> None:
     elif key in _RELAYED:
         raise ValueError(
             f'connection option "{key}" does not apply to pgtls.upstream: pgtls relays '
-            "each client's own startup packet (user, database, options) unchanged and "
-            "connects without SSL; only host, hostaddr, port and connect_timeout are used"
+            "each client's own startup packet (user, database, options) unchanged; only "
+            "the keywords naming the server (host, hostaddr, port, connect_timeout) and its "
+            "SSL (sslmode, sslrootcert, sslcert, sslkey, sslpassword, sslcrl, sslsni, "
+            "sslnegotiation, ssl_min_protocol_version, ssl_max_protocol_version) are used"
         )
     else:
         raise ValueError(f'invalid connection option "{key}"')
@@ -394,13 +488,15 @@ def _build(values: dict[str, str]) -> Upstream:
             )
     host = values.get("host", "") or DEFAULT_HOST
     hostaddr = values.get("hostaddr", "")
+    server_name: str | None = None
     if hostaddr:
         try:
             ipaddress.ip_address(hostaddr)
         except ValueError:
             raise ValueError(f'could not parse network address "{hostaddr}"') from None
-        # libpq connects to hostaddr and keeps host only as a name (for
-        # TLS checks and the password file), which pgtls has no use for.
+        # libpq connects to hostaddr and keeps host only as a name: the
+        # one that goes in SNI and that verify-full checks.
+        server_name = values.get("host", "")
         host = hostaddr
     port = DEFAULT_PORT
     if values.get("port", ""):
@@ -412,4 +508,88 @@ def _build(values: dict[str, str]) -> Upstream:
         seconds = _parse_int_param(values["connect_timeout"], "connect_timeout")
         # As in libpq, zero or a negative number means wait indefinitely.
         timeout = float(seconds) if seconds > 0 else None
-    return Upstream(host, port, timeout)
+    upstream = Upstream(host, port, timeout, server_name=server_name)
+    return _with_tls(upstream, values)
+
+
+def _with_tls(upstream: Upstream, values: dict[str, str]) -> Upstream:
+    """
+    Add the TLS keywords to ``upstream``, checked as libpq's
+    pqConnectOptions2 checks them (its messages).
+
+    @raise ValueError: a value libpq would refuse, or a combination it refuses.
+    """
+    sslmode = values.get("sslmode", "")
+    if sslmode and sslmode not in SSLMODES:
+        raise ValueError(f'invalid sslmode value: "{sslmode}"')
+    rootcert = values.get("sslrootcert", "")
+    if rootcert == "system":
+        # libpq 16+: the system store implies verify-full, and refuses less.
+        if not sslmode:
+            sslmode = "verify-full"
+        elif sslmode != "verify-full":
+            raise ValueError(
+                f'weak sslmode "{sslmode}" may not be used with sslrootcert=system '
+                '(use "verify-full")'
+            )
+    sslmode = sslmode or "prefer"
+    negotiation = values.get("sslnegotiation", "") or "postgres"
+    if negotiation not in ("postgres", "direct"):
+        raise ValueError(f'invalid sslnegotiation value: "{negotiation}"')
+    if negotiation == "direct" and SSLMODES.index(sslmode) < SSLMODES.index("require"):
+        raise ValueError(
+            f'weak sslmode "{sslmode}" may not be used with sslnegotiation=direct '
+            '(use "require", "verify-ca", or "verify-full")'
+        )
+    sni = values.get("sslsni", "1") or "1"
+    if sni not in ("0", "1"):
+        # libpq reads only the first character; a typo here would silently
+        # turn SNI off, so pgtls refuses anything but 0 and 1.
+        raise ValueError(f'invalid sslsni value: "{sni}" (use 0 or 1)')
+    low = _tls_version(values, "ssl_min_protocol_version", "TLSv1.2")
+    high = _tls_version(values, "ssl_max_protocol_version", "")
+    if low and high and TLS_VERSIONS.index(low) > TLS_VERSIONS.index(high):
+        raise ValueError("invalid SSL protocol version range")
+    if sslmode == "verify-full" and not upstream.is_unix and not upstream.tls_name:
+        raise ValueError("host name must be specified for a verified SSL connection")
+    return replace(
+        upstream,
+        sslmode=sslmode,
+        sslrootcert=rootcert,
+        sslcert=values.get("sslcert", ""),
+        sslkey=values.get("sslkey", ""),
+        sslpassword=values.get("sslpassword", ""),
+        sslcrl=values.get("sslcrl", ""),
+        sslsni=sni == "1",
+        sslnegotiation=negotiation,
+        ssl_min_protocol_version=low,
+        ssl_max_protocol_version=high,
+    )
+
+
+def _tls_version(values: dict[str, str], keyword: str, default: str) -> str:
+    """
+    A protocol version keyword, compared case-insensitively as libpq does.
+
+    @raise ValueError: libpq's ``invalid ... value`` message.
+    """
+    text = values.get(keyword, "")
+    if not text:
+        return default
+    for version in TLS_VERSIONS:
+        if version.lower() == text.lower():
+            return version
+    raise ValueError(f'invalid {keyword} value: "{text}"')
+
+
+def resolve_files(upstream: Upstream, directory: str) -> Upstream:
+    """
+    Make the TLS file names absolute, relative to the data directory
+    (``sslrootcert=system`` is not a file).
+    """
+    changes: dict[str, Any] = {}
+    for keyword in _FILE_KEYWORDS:
+        name = getattr(upstream, keyword)
+        if name and not (keyword == "sslrootcert" and name == "system"):
+            changes[keyword] = os.path.normpath(os.path.join(directory, name))
+    return replace(upstream, **changes) if changes else upstream

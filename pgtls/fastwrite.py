@@ -20,29 +20,21 @@ waiting one epoll round trip for the reactor; and the layer is set up with
 less work per connection (one factory for all, no copied declarations).
 
 This leans on Twisted's internals (the socket transport's send queue, the
-TLS layer's buffers and set-up); the unit tests pin each of them.
+TLS layer's buffers and set-up), reached only through
+:mod:`pgtls._internals`.  When :mod:`pgtls.fastpath` has turned the fast
+path off, :func:`send_or_queue` is the transport's ``write`` and
+:func:`start_tls` is ``transport.startTLS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
-from twisted.internet import _newtls
-from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
-from twisted.internet.protocol import Protocol
 from twisted.internet.tcp import Connection
-from twisted.protocols import tls as twisted_tls
-from twisted.protocols.tls import (
-    BufferingTLSTransport,
-    TLSMemoryBIOFactory,
-    TLSMemoryBIOProtocol,
-)
-from zope.interface import directlyProvides
+
+from pgtls import _internals, fastpath
+from pgtls._internals import owned, tls_ready
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -56,144 +48,30 @@ def send_or_queue(transport: Any, data: Buffer, queue: Callable[[bytes], object]
     Twisted socket transport with nothing queued and no close under way);
     give what was not sent to ``queue`` (Twisted's buffered write for that
     socket), as bytes of its own: ``data`` may be a view of a buffer that is
-    used again.
+    used again.  With the fast path off, it all goes to ``queue``.
 
     A socket error is left for Twisted to meet again on its next write, so
-    the connection ends the way it always does.
+    the connection ends the way it always does.  (:mod:`pgtls.pump` calls
+    :func:`pgtls._internals.send_or_queue` itself, for every message.)
     """
-    # Inline rather than a helper: this runs for every relayed message.
-    if (
-        not isinstance(transport, Connection)
-        or not transport.connected
-        or transport.disconnecting
-        or transport._writeDisconnecting
-        or transport._writeDisconnected
-        or transport._tempDataLen
-        or len(transport.dataBuffer) != transport.offset
-        # A UNIX transport's file descriptors travel with its queued bytes.
-        or getattr(transport, "_sendmsgQueue", None)
-    ):
-        queue(_owned(data))
-        return
-    try:
-        sent = transport.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        queue(_owned(data))
-        return
-    if sent < len(data):  # type: ignore[arg-type]
-        queue(bytes(memoryview(data)[sent:]))
-
-
-def _owned(data: Buffer) -> bytes:
-    """``data`` itself when it is bytes (they never change), else a copy."""
-    return data if isinstance(data, bytes) else bytes(data)
-
-
-class _SendAtOnce(FileDescriptor):
-    """
-    The socket methods a TLS layer writes its records through: Twisted's
-    own (FileDescriptor's, which ``startTLS`` gives it), but ``write``
-    sends at once when the socket is idle.  They are called unbound, with
-    the socket transport as ``self``.
-    """
-
-    def write(self, data: Any) -> None:
-        send_or_queue(self, data, partial(FileDescriptor.write, self))
-
-
-class _ServerTLSLayer(BufferingTLSTransport):
-    """
-    Twisted's TLS layer (the one its TLS factory makes), without its copy
-    of the transport's interfaces, and reading its send BIO only when
-    OpenSSL has put something there.
-
-    Its ``makeConnection`` declares each interface the socket transport
-    provides on itself, one ``directlyProvides`` after the other, each
-    replacing the one before: 250k instructions per connection
-    (callgrind), a sixth of pgtls's Python per connection.  Without them
-    the layer's interfaces are looked up, through its ``__getattr__``, on
-    the socket transport itself: all of them, ISSLTransport included,
-    rather than the last one.
-    """
-
-    def makeConnection(self, transport: Any) -> None:
-        # TLSMemoryBIOProtocol.makeConnection as startTLS calls it (the
-        # application's protocol is connected already), less the loop.
-        self._tlsConnection = self.factory._creatorCallable(self)
-        self._appSendBuffer = []
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-        self._checkHandshakeStatus()
-
-    def _flushSendBIO(self) -> None:
-        # Twisted's reads the send BIO even when it is empty, for pyOpenSSL
-        # to raise WantReadError: most of its seven calls a connection.
-        if _lib.BIO_get_mem_data(self._tlsConnection._from_ssl, _ffi.NULL) > 0:
-            super()._flushSendBIO()
-
-
-@lru_cache(maxsize=1)
-def _tls_factory(creator: Any, clock: IReactorTime) -> TLSMemoryBIOFactory:
-    """
-    One TLS factory for every connection of a server; startTLS builds one
-    per connection.  ``clock`` times the TLS layer's small-write gathering.
-    """
-    # No wrapped factory: startTLS's layer wraps a protocol that exists.
-    factory = TLSMemoryBIOFactory(creator, False, None, clock)  # type: ignore[arg-type]
-    factory.protocol = _ServerTLSLayer
-    return factory
+    if fastpath.on():
+        _internals.send_or_queue(transport, data, queue)
+    else:
+        queue(owned(data))
 
 
 def start_tls(transport: Any, creator: object) -> None:
     """
     Layer server-side TLS on a connection, as ``transport.startTLS(creator)``
-    does.  On a socket transport the TLS layer's records are sent at once
-    (see :class:`_SendAtOnce`), the layer's factory is shared by every
+    does.  On a socket transport, with the fast path on, the TLS layer's
+    records are sent at once, the layer's factory is shared by every
     connection, and the layer does not copy the transport's interfaces
-    (see :class:`_ServerTLSLayer`).  Any other transport starts TLS its own way.
+    (see :func:`pgtls._internals.start_tls_on_socket`).  Any other
+    transport, or the fast path off: ``transport.startTLS``.
 
     :param creator: the server's IOpenSSLServerConnectionCreator.
     """
-    if not isinstance(transport, Connection):
+    if not isinstance(transport, Connection) or not fastpath.on():
         transport.startTLS(creator)
         return
-    _start_tls_on_socket(transport, creator)
-
-
-def _start_tls_on_socket(transport: Any, creator: Any) -> None:
-    """What twisted.internet._newtls.startTLS does for a server connection."""
-    producer, streaming = transport.producer, transport.streamingProducer
-    if producer is not None:
-        transport.unregisterProducer()
-    # Twisted's TLS factory asks this hook for its clock (the reactor).
-    factory = _tls_factory(creator, twisted_tls._get_default_clock())
-    tls = factory.protocol(factory, transport.protocol, False)
-    transport.protocol = tls
-    transport.getHandle = tls.getHandle
-    transport.getPeerCertificate = tls.getPeerCertificate
-    directlyProvides(transport, ISSLTransport)
-    transport.TLS = True
-    tls.makeConnection(_newtls._BypassTLS(_SendAtOnce, transport))
-    if producer is not None:
-        transport.registerProducer(producer, streaming)
-
-
-def tls_ready(tls: Any) -> bool:
-    """
-    Whether the TLS layer may be bypassed now: handshake done, no close
-    under way, and nothing held back by it (small-write gathering, a write
-    waiting for the peer).
-    """
-    if not isinstance(tls, TLSMemoryBIOProtocol):
-        return False
-    aggregator = getattr(tls, "_aggregator", None)
-    return bool(
-        tls._handshakeDone
-        and not tls.disconnecting
-        and not tls._lostTLSConnection
-        and not tls._aborted
-        and not tls._appSendBuffer
-        and not getattr(aggregator, "_buffer", None)
-    )
+    _internals.start_tls_on_socket(transport, creator)

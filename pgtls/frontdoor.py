@@ -43,12 +43,15 @@ from pgtls.relay import (
     UpstreamFactory,
     UpstreamProtocol,
     send_cancel,
+    send_cancel_on,
     set_nodelay,
     splice,
     upstream_endpoint,
 )
 from pgtls.relayreactor import dispatch_directly
-from pgtls.tlsctx import ServerTLS, TLSInfo, describe_connection
+from pgtls.tlsctx import NoApplicationProtocol, ServerTLS, TLSInfo, describe_connection
+from pgtls.upstreamctx import UpstreamTLS
+from pgtls.upstreamleg import describe_failure, open_upstream
 
 __all__ = ["FrontDoor", "FrontDoorFactory"]
 
@@ -111,6 +114,7 @@ class FrontDoorFactory(Factory):
         resolve_hostname: Callable[[IPAddress], defer.Deferred[str | None]] | None = None,
         describe_tls: Callable[[Any], TLSInfo] = describe_connection,
         metrics: Metrics | None = None,
+        upstream_tls: UpstreamTLS | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -131,6 +135,8 @@ class FrontDoorFactory(Factory):
         self.describe_tls = describe_tls
         # None when pgtls.metrics_listen is off: no metrics work at all.
         self.metrics = metrics
+        # The upstream leg's TLS client context; None when it never uses TLS.
+        self.upstream_tls = upstream_tls
         # The upstream certificate last judged for channel binding.
         self._upstream_certificate: x509.Certificate | None = None
 
@@ -165,6 +171,21 @@ class FrontDoorFactory(Factory):
         if self._endpoint is None or self._endpoint[0] != upstream:
             self._endpoint = (upstream, upstream_endpoint(self.reactor, upstream))
         return self._endpoint[1]
+
+    def open_upstream(self, startup: bytes | None = None) -> defer.Deferred[Any]:
+        """
+        Open a leg to the upstream, TLS negotiated as pgtls.upstream's sslmode
+        says (see pgtls.upstreamleg); it fires with the UpstreamProtocol, ready
+        for the client's StartupMessage.
+        """
+        return open_upstream(
+            self.upstream_endpoint(),
+            self.upstream_factory,
+            self.settings.upstream,
+            self.upstream_tls,
+            self.reactor,
+            startup,
+        )
 
     def resolve_hostname(self, address: IPAddress) -> defer.Deferred[str | None]:
         """The client's verified host name, looked up off the reactor thread."""
@@ -483,7 +504,11 @@ class FrontDoor(Protocol):
         self._ending("cancel")
         self.detail = "cancel request forwarded"
         self._stop_timer()
-        done = send_cancel(self.door.upstream_endpoint(), event.packet, self.door.reactor)
+        if self.door.upstream_tls is None:
+            done = send_cancel(self.door.upstream_endpoint(), event.packet, self.door.reactor)
+        else:
+            # Through the same negotiation as a session (libpq 17's PQcancelCreate).
+            done = send_cancel_on(self.door.open_upstream(), event.packet, self.door.reactor)
         done.addCallback(lambda _: self.transport.loseConnection())
 
     def _admit(self, startup: wire.StartupMessage) -> None:
@@ -579,7 +604,9 @@ class FrontDoor(Protocol):
             )
         self.phase = Phase.CONNECTING
         self._connect_started = self.door.reactor.seconds()
-        self._connecting = self.door.upstream_endpoint().connect(self.door.upstream_factory)
+        self._connecting = self.door.open_upstream(
+            self.startup.packet if self.startup is not None else None
+        )
         self._connecting.addCallbacks(self.upstream_connected, self._upstream_failed)
 
     # -- the relay phase ---------------------------------------------------
@@ -601,19 +628,35 @@ class FrontDoor(Protocol):
                 self.door.reactor.seconds() - self._connect_started
             )
         first = self.startup.packet + self.reader.take_buffered()
+        self.bytes_up += len(first)
+        if upstream.startup_sent:
+            # The leg sent it to learn whether the upstream takes it (sslmode
+            # allow or prefer); what the upstream answered goes to the client.
+            first = first[len(self.startup.packet) :]
         # An idle session keeps neither the reader (which holds the whole
         # StartupMessage) nor more of the message than its last log line needs.
         self._reader = None
         self.startup = self.startup.brief()
-        self.bytes_up += len(first)
         self._backend = backendstart.BackendStartReader(parameters=False)
-        send_or_queue(upstream.transport, first, upstream.transport.write)
         splice(self.transport, upstream.transport)
-        self.pump = start_pump(
-            self.transport, upstream.transport, self, upstream, self._watch_upstream
-        )
-        if self.pump is None:
-            upstream.watch = self._watch_upstream
+        if upstream.pending:
+            upstream.bytes_down += len(upstream.pending)
+            self.transport.write(upstream.pending)
+            # What the leg read to learn whether the upstream took the
+            # StartupMessage: the first of the messages to watch.
+            self._watch_upstream(upstream.pending)
+            upstream.pending = b""
+        watch = self._watch_upstream if self._backend is not None else None
+        if upstream.tls:
+            # Through the leg's TLS layer: its socket carries only records.
+            if first:
+                upstream.transport.write(first)
+        elif first:
+            send_or_queue(upstream.transport, first, upstream.transport.write)
+        self.pump = start_pump(self.transport, upstream.transport, self, upstream, watch)
+        # Also with a pump: what it leaves to a TLS leg's own layer (a read
+        # before the layer is ready, close_notify) reaches the protocol.
+        upstream.watch = watch
         if upstream.peer_certificate is not None:
             self.door.upstream_certificate_seen(upstream.peer_certificate)
         self.transport.resumeProducing()
@@ -666,14 +709,21 @@ class FrontDoor(Protocol):
         self._connecting = None
         if self.phase is not Phase.CONNECTING:
             return  # cancelled because the client went away
+        upstream = self.door.settings.upstream
+        label, message = describe_failure(reason, upstream)
+        # One line naming the upstream and why, in libpq's words; nothing of
+        # it goes to the client.
         self.log.warn(
-            "could not connect to the upstream server for host={host}: {reason}",
-            host=str(self.address),
-            reason=reason.getErrorMessage(),
+            "could not connect to the upstream server at {upstream}: {reason}",
+            upstream=upstream.address,
+            reason=message,
+            upstream_failure=label.value,
         )
+        if self.door.metrics is not None:
+            self.door.metrics.upstream_failed(label)
         # 57P03 tells libpq not to retry the same server without SSL; the
         # upstream's address stays in the server log, never in the answer.
-        self._ending("upstream_unavailable")
+        self._ending("upstream_unavailable", label.value)
         self._fatal(
             "57P03",
             "the database system is not accepting connections",
@@ -813,11 +863,19 @@ class FrontDoor(Protocol):
         }
         # str.format writes the text at once; Twisted's formatter would take
         # its template apart in Python, field by field, for every connection.
-        summary = (_SUMMARY_SSL if info else _SUMMARY_PLAIN).format(
-            pid="" if self.backend_pid is None else f" backend_pid={self.backend_pid}", **fields
-        )
+        template = _SUMMARY_SSL if info else _SUMMARY_PLAIN
+        pid = "" if self.backend_pid is None else f" backend_pid={self.backend_pid}"
+        if startup is None:
+            # No StartupMessage: the text shows the names as PostgreSQL's
+            # log_line_prefix shows missing ones (%u, %d); JSON keeps null.
+            summary = template.format(**{**fields, "user": _UNKNOWN, "database": _UNKNOWN}, pid=pid)
+        else:
+            summary = template.format(**fields, pid=pid)
         self.log.info("session {summary}", summary=summary, **fields)
 
+
+#: What the session line's text shows for a name the client never sent.
+_UNKNOWN = "[unknown]"
 
 _SUMMARY_FIELDS = (
     "outcome={outcome}{pid} bytes_up={bytes_up} bytes_down={bytes_down} "
@@ -870,6 +928,8 @@ def _ssl_reason(reason: Failure) -> str:
     from OpenSSL import SSL
 
     value = reason.value
+    if isinstance(value, NoApplicationProtocol):
+        return value.reason
     if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
         for entry in value.args[0]:
             if len(entry) >= 3 and entry[2]:

@@ -18,6 +18,7 @@ import shlex
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -209,193 +210,20 @@ def conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-@dataclass(frozen=True, slots=True)
-class _Setting:
-    name: str
-    default: str
-    comment: str
+def _template(name: str) -> str:
+    """A sample file shipped as package data in pgtls/templates."""
+    return (resources.files("pgtls") / "templates" / name).read_text(encoding="utf-8")
 
 
-_SECTIONS: tuple[tuple[str, tuple[_Setting, ...]], ...] = (
-    (
-        "CONNECTIONS",
-        (
-            _Setting(
-                "listen_addresses",
-                conf_quote(_DEFAULT_LISTEN),
-                "Where pgtls listens: a comma-separated list of host names and IP\n"
-                "addresses, '*' for every address, 'localhost' for this machine only.",
-            ),
-            _Setting(
-                "port",
-                str(_DEFAULT_PORT),
-                "The TCP port for plaintext and SSL connections alike.  If the upstream\n"
-                "PostgreSQL server listens on TCP on this machine, give one of them\n"
-                "another port.",
-            ),
-            _Setting(
-                "max_connections",
-                "100",
-                "Most client sessions at once; one more is refused with\n"
-                '"sorry, too many clients already".',
-            ),
-            _Setting(
-                "authentication_timeout",
-                "1min",
-                "Time a new connection has to send its startup packet and finish the\n"
-                "SSL handshake; then it is closed.  1s to 10min; units go right after\n"
-                "the number (30s, 1min).",
-            ),
-        ),
-    ),
-    (
-        "SSL",
-        (
-            _Setting(
-                "ssl",
-                "off",
-                "on: pgtls answers a client's SSLRequest with 'S' and does TLS;\n"
-                "off: it answers 'N' and the client goes on in plaintext or gives up,\n"
-                "by its sslmode.",
-            ),
-            _Setting(
-                "ssl_cert_file",
-                conf_quote("server.crt"),
-                "The server certificate, then any intermediate CA certificates, PEM.\n"
-                "Relative file names are relative to the data directory.",
-            ),
-            _Setting(
-                "ssl_key_file",
-                conf_quote("server.key"),
-                "The server certificate's private key, PEM.  pgtls refuses to start if\n"
-                "group or others can read it (mode 0600, or 0640 when owned by root).",
-            ),
-            _Setting(
-                "ssl_ca_file",
-                conf_quote("root.crt"),
-                "CA certificates for client certificates.  When this file exists, pgtls\n"
-                "asks every SSL client for a certificate signed by one of them (see\n"
-                "pgtls.clientcert); when it does not, it asks for none.  PostgreSQL 8.2's\n"
-                "file name: modern PostgreSQL reads no CA file unless told to.",
-            ),
-            _Setting(
-                "ssl_crl_file",
-                conf_quote("root.crl"),
-                "Revocation list for client certificates, PEM, used when it exists.",
-            ),
-            _Setting(
-                "ssl_ciphers",
-                conf_quote("HIGH:MEDIUM:+3DES:!aNULL"),
-                "OpenSSL cipher list for TLS 1.2 and older; TLS 1.3 uses OpenSSL's\nown suites.",
-            ),
-            _Setting(
-                "ssl_prefer_server_ciphers",
-                "on",
-                "on: the server's cipher order wins over the client's.",
-            ),
-            _Setting(
-                "ssl_min_protocol_version",
-                conf_quote("TLSv1.2"),
-                "Oldest TLS version accepted: TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3.",
-            ),
-            _Setting(
-                "ssl_max_protocol_version",
-                conf_quote(""),
-                "Newest TLS version accepted; empty means no limit.",
-            ),
-            _Setting(
-                "ssl_ecdh_curve",
-                conf_quote("prime256v1"),
-                "The one curve offered for ECDH key exchange (OpenSSL's name).",
-            ),
-            _Setting(
-                "ssl_passphrase_command",
-                conf_quote(""),
-                "A command that prints the passphrase of an encrypted ssl_key_file;\n"
-                "%p stands for the prompt.  Empty: pgtls asks on its terminal at start.\n"
-                "For a systemd service, see etc/pgtls.service: 'systemd-ask-password\n"
-                '--credential=pgtls.passphrase "%p"\'.',
-            ),
-        ),
-    ),
-    (
-        "LOGGING",
-        (
-            _Setting(
-                "log_connections",
-                "off",
-                "on: log each connection and whether pgtls admitted it.",
-            ),
-            _Setting(
-                "log_disconnections",
-                "off",
-                "on: log the end of each session.",
-            ),
-        ),
-    ),
-    (
-        "PGTLS",
-        (
-            _Setting(
-                "pgtls.upstream",
-                conf_quote(DEFAULT_UPSTREAM),
-                "The PostgreSQL server pgtls relays admitted sessions to, as a libpq\n"
-                "connection string: host (a host starting with / is a Unix socket\n"
-                "directory), port, connect_timeout (seconds).  The upstream then\n"
-                "authenticates each user as it is configured to.",
-            ),
-            _Setting(
-                "pgtls.clientcert",
-                conf_quote("required"),
-                "When ssl_ca_file exists: 'required' refuses an SSL client that presents\n"
-                "no certificate (PostgreSQL 8.2's rule); 'optional' admits it and leaves\n"
-                "certificates to pg_hba.conf's cert method and clientcert option.",
-            ),
-            _Setting(
-                "pgtls.smart_shutdown_timeout",
-                "30s",
-                "After SIGTERM (smart shutdown) pgtls stops admitting sessions and waits\n"
-                "this long for open ones to end before it closes them; 0 waits forever.\n"
-                "SIGINT (fast shutdown) closes them at once.",
-            ),
-            _Setting(
-                "pgtls.metrics_listen",
-                conf_quote(""),
-                "An endpoint for Prometheus metrics at /metrics, e.g.\n"
-                "'tcp:9187:interface=127.0.0.1'; empty means off.",
-            ),
-            _Setting(
-                "pgtls.so_reuseport",
-                "off",
-                "on: bind the port with SO_REUSEPORT, so that several pgtls processes\n"
-                "serving this directory share it (one per core: etc/pgtls@.service).\n"
-                "max_connections and the metrics are then per process.",
-            ),
-        ),
-    ),
+# A setting line of postgresql.conf.sample: commented, "#name = default".
+_SETTING_LINE = re.compile(r"#([a-z][a-z0-9_.]*) = ")
+
+SETTING_NAMES: tuple[str, ...] = tuple(
+    found.group(1)
+    for line in _template("postgresql.conf.sample").splitlines()
+    if (found := _SETTING_LINE.match(line))
 )
-
-SETTING_NAMES: tuple[str, ...] = tuple(s.name for _, group in _SECTIONS for s in group)
 """Every setting postgresql.conf shows, in file order."""
-
-_CONF_HEADER = """\
-# postgresql.conf for pgtls, written by "pgtls init".
-#
-# PostgreSQL's syntax: one "name = value" per line; '#' starts a comment;
-# strings go in single quotes ('' stands for a quote); units follow the
-# number directly (1min, 30s); "include 'file'" reads another file.
-#
-# Active lines are the choices "pgtls init" made.  Commented lines show every
-# other setting pgtls reads, with its default: remove the '#' to change one.
-#
-# ssl, port, listen_addresses and the SSL files are read at start only:
-# restart pgtls after changing them.  A reload (kill -HUP) re-reads
-# pg_hba.conf and pg_ident.conf.
-"""
-
-
-def _comment(text: str) -> str:
-    return "".join(f"# {line}\n" for line in text.splitlines())
 
 
 def _chosen_settings(options: InitOptions) -> dict[str, str]:
@@ -414,93 +242,17 @@ def postgresql_conf_text(options: InitOptions) -> str:
     """
     postgresql.conf for ``options``: the non-default settings active, every
     other setting pgtls reads as a commented example with its default, each
-    with a comment saying what it does.
+    with a comment saying what it does (templates/postgresql.conf.sample,
+    where every setting is commented).
     """
     chosen = _chosen_settings(options)
-    parts = [_CONF_HEADER]
-    for title, group in _SECTIONS:
-        parts.append(f"\n# {'-' * 70}\n# {title}\n# {'-' * 70}\n")
-        for setting in group:
-            parts.append("\n" + _comment(setting.comment))
-            if setting.name in chosen:
-                parts.append(f"{setting.name} = {chosen[setting.name]}\n")
-            else:
-                parts.append(f"#{setting.name} = {setting.default}\n")
-    return "".join(parts)
-
-
-_HBA_TEXT = """\
-# pg_hba.conf for pgtls: which connections pgtls admits and relays.
-#
-# pgtls reads this file as PostgreSQL does, at start and on reload
-# (kill -HUP).  One rule per line:
-#
-#   TYPE  DATABASE  USER  ADDRESS  METHOD  [OPTION=VALUE ...]
-#
-# The first line whose type, database, user and address match a connection
-# decides it; a connection that no line matches is refused with
-# "no pg_hba.conf entry for host ...".
-#
-# TYPE      hostssl: SSL connections; hostnossl: plaintext connections;
-#           host: both.
-# DATABASE  all, a database name, or a comma-separated list of names.
-# USER      all, a user name, or a comma-separated list of names.
-# ADDRESS   the client's IP address range, CIDR: 192.0.2.0/24, 0.0.0.0/0
-#           (every IPv4 address), ::/0 (every IPv6 address), ::1/128.
-# METHOD    what pgtls does with a connection that matches:
-#   scram-sha-256, md5, password
-#             admit it.  The upstream server then asks for the password and
-#             checks it as its own pg_hba.conf says: pgtls never sees a
-#             password, so these words all mean "admit, and let the upstream
-#             check the password".  Write the one the upstream uses.
-#   cert      admit it if the client presented a certificate signed by a CA
-#             in root.crt whose Common Name is the user name (or maps to it
-#             by map=NAME, see pg_ident.conf); the upstream still
-#             authenticates the user as it is configured to.
-#   trust     admit it; the upstream still authenticates the user.
-#   reject    refuse it.
-# OPTIONS   (hostssl lines)
-#   clientcert=verify-ca    also require a client certificate signed by a CA
-#                           in root.crt;
-#   clientcert=verify-full  ... whose Common Name is the user name;
-#   map=NAME                compare certificate names through map NAME in
-#                           pg_ident.conf (cert, clientcert=verify-full);
-#   clientname=DN           compare the certificate's whole subject DN
-#                           ("CN=alice,O=Example") instead of its Common Name.
-#
-# Client certificates are asked for only when root.crt exists in the data
-# directory ("pgtls init --client-ca" writes it; "pgtls client-cert" issues
-# certificates).
-#
-# Examples.  A rule must come before the general ones at the end of this
-# file, or it never matches.
-#
-# Admit by client certificate alone:
-#hostssl  all  all  0.0.0.0/0  cert
-#hostssl  all  all  ::/0       cert
-#
-# Require a password and a client certificate for the same user:
-#hostssl  all  all  0.0.0.0/0  scram-sha-256  clientcert=verify-full
-#
-# Certificate names mapped to user names by "certmap" in pg_ident.conf:
-#hostssl  all  all  0.0.0.0/0  cert  map=certmap
-#
-# Refuse one network:
-#hostssl  all  all  198.51.100.0/24  reject
-#
-# Also admit plaintext connections from this machine (no SSL!):
-#host     all  all  127.0.0.1/32  scram-sha-256
-"""
-
-_HBA_RULES = """\
-
-# Every user and database, SSL connections from any address; the upstream
-# checks the password.  Connections without SSL match no line: refused.
-#
-# TYPE   DATABASE  USER  ADDRESS    METHOD
-hostssl  all       all   0.0.0.0/0  scram-sha-256
-hostssl  all       all   ::/0       scram-sha-256
-"""
+    lines = []
+    for line in _template("postgresql.conf.sample").splitlines(keepends=True):
+        found = _SETTING_LINE.match(line)
+        if found is not None and found.group(1) in chosen:
+            line = f"{found.group(1)} = {chosen[found.group(1)]}\n"
+        lines.append(line)
+    return "".join(lines)
 
 
 def pg_hba_conf_text() -> str:
@@ -510,39 +262,12 @@ def pg_hba_conf_text() -> str:
     password); plaintext ones match nothing.  Commented examples show
     ``cert``, ``clientcert``, ``map`` and ``reject``.
     """
-    return _HBA_TEXT + _HBA_RULES
-
-
-_IDENT_TEXT = """\
-# pg_ident.conf for pgtls: user-name maps for client certificates.
-#
-# A pg_hba.conf line with map=MAPNAME (method cert, or clientcert=verify-full)
-# admits a certificate for a user when a line here pairs them:
-#
-#   MAPNAME  CERTIFICATE-NAME  USER-NAME
-#
-# CERTIFICATE-NAME is the certificate's Common Name (its whole subject DN,
-# such as "CN=alice,O=Example", with clientname=DN).  Starting with / it is
-# a regular expression, and \\1 in USER-NAME stands for what its first
-# parenthesized group matched.  Lines are tried in order.  A reload
-# (kill -HUP) re-reads this file.
-#
-# Examples:
-#
-# Certificate "alice" may connect as alice or as reports:
-#certmap  alice  alice
-#certmap  alice  reports
-#
-# A certificate named user@example.com connects as user:
-#certmap  /^(.*)@example\\.com$  \\1
-
-# MAPNAME  CERTIFICATE-NAME  USER-NAME
-"""
+    return _template("pg_hba.conf.sample")
 
 
 def pg_ident_conf_text() -> str:
     """pg_ident.conf for a new data directory: explanations and commented examples."""
-    return _IDENT_TEXT
+    return _template("pg_ident.conf.sample")
 
 
 # --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IListeningPort, IReadDescriptor, IStream
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pgtls import conf
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.loader import StartupError
 from pgtls.relayreactor import dispatch_directly
@@ -32,6 +33,7 @@ __all__ = [
     "ListenService",
     "Listenable",
     "bind_shared",
+    "configured_listen_descriptions",
     "inherited_descriptions",
     "listen_descriptions",
     "tcp_address",
@@ -212,13 +214,47 @@ def bind_shared(description: str, backlog: int = LISTEN_BACKLOG) -> socket.socke
     return sock
 
 
+class UnresolvableListenAddress(StartupError):
+    """
+    A listen_addresses host name does not resolve; ``reason`` is PostgreSQL's
+    message for it (StreamServerPort), without the setting's source.
+    """
+
+    def __init__(self, name: str, port: int, error: OSError) -> None:
+        self.reason = (
+            f'could not translate host name "{name}", service "{port}" to address: '
+            f"{error.strerror or error}"
+        )
+        super().__init__(f"listen_addresses: {self.reason}")
+
+
+def configured_listen_descriptions(settings: conf.Settings) -> list[list[str]]:
+    """
+    L{listen_descriptions} for the settings' listen_addresses and port; a
+    name that does not resolve stops the start at the line that set
+    listen_addresses (``command line`` for ``-c`` or ``-h``).
+
+    @raise StartupError: ``FILE:LINE: listen_addresses: could not translate
+        host name …``.
+    """
+    try:
+        return listen_descriptions(settings.listen_addresses, settings.port)
+    except UnresolvableListenAddress as error:
+        path, line = next(
+            ((path, line) for name, path, line in settings.sources if name == "listen_addresses"),
+            # Not set anywhere: the default ('localhost') did not resolve.
+            (os.path.join(settings.data_directory, "postgresql.conf"), None),
+        )
+        raise StartupError(
+            str(conf.ConfigError(path, line, f"listen_addresses: {error.reason}"))
+        ) from None
+
+
 def _resolve(name: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as error:
-        raise StartupError(
-            f'listen_addresses: could not translate host name "{name}": {error}'
-        ) from None
+        raise UnresolvableListenAddress(name, port, error) from None
     return [str(info[4][0]) for info in infos]
 
 
@@ -254,10 +290,7 @@ class ListenService(Service):
             )
             groups: list[list[Listenable]] = [[listenable] for listenable in self.inherited]
         else:
-            groups = [
-                list(group)
-                for group in listen_descriptions(settings.listen_addresses, settings.port)
-            ]
+            groups = [list(group) for group in configured_listen_descriptions(settings)]
         for group in groups:
             self._listen_first(group)
         if not self.ports:

@@ -13,6 +13,7 @@ from twisted.internet.endpoints import serverFromString
 
 from pgtls import conf, hba, tlsctx
 from pgtls._ifaddrs import local_networks
+from pgtls.upstreamctx import UpstreamTLS, UpstreamTLSError, load_upstream_tls
 
 __all__ = [
     "ServerConfig",
@@ -35,11 +36,13 @@ class StartupError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """What a starting server needs: settings, admission rules, TLS context."""
+    """What a starting server needs: settings, admission rules, TLS contexts."""
 
     settings: conf.Settings
     rules: hba.Rules
     tls: tlsctx.ServerTLS | None
+    # The upstream leg's client context; None when it never uses TLS.
+    upstream_tls: UpstreamTLS | None = None
 
 
 def load_hba(settings: conf.Settings, tls: tlsctx.ServerTLS | None) -> hba.Rules:
@@ -78,7 +81,18 @@ def load_server_config(
         rules = load_hba(settings, tls)
     except (conf.ConfigError, hba.HbaError, tlsctx.TLSConfigError) as error:
         raise StartupError(str(error)) from None
-    return ServerConfig(settings, rules, tls)
+    try:
+        upstream_tls = load_upstream_tls(settings.upstream)
+    except UpstreamTLSError as error:
+        path, line = _source(settings, "pgtls.upstream")
+        raise StartupError(
+            str(
+                conf.ConfigError(
+                    path, line, f'invalid value for parameter "pgtls.upstream": {error}'
+                )
+            )
+        ) from None
+    return ServerConfig(settings, rules, tls, upstream_tls)
 
 
 def server_endpoint_problem(description: str) -> str | None:
@@ -110,10 +124,15 @@ def _check_endpoint_setting(settings: conf.Settings, name: str, description: str
     problem = server_endpoint_problem(description)
     if problem is None:
         return
-    path, line = next(
-        ((path, line) for setting, path, line in settings.sources if setting == name),
-        ("command line", None),
-    )
+    path, line = _source(settings, name)
     raise conf.ConfigError(
         path, line, f'invalid value for parameter "{name}": "{description}": {problem}'
+    )
+
+
+def _source(settings: conf.Settings, name: str) -> tuple[str, int | None]:
+    """Where the setting ``name`` was set: its file and line, or the command line."""
+    return next(
+        ((path, line) for setting, path, line in settings.sources if setting == name),
+        ("command line", None),
     )

@@ -38,6 +38,7 @@ from twisted.web.server import Site
 from pgtls import hba
 from pgtls.conf import Settings
 from pgtls.loader import StartupError, server_endpoint_problem
+from pgtls.negotiation import FailureReason
 from pgtls.tlsctx import TLSInfo
 
 __all__ = [
@@ -115,19 +116,10 @@ _CONNECT_BUCKETS = (
 
 def refusal_reason(refusal: hba.Refusal) -> str:
     """
-    The ``reason`` label for a pg_hba.conf refusal: one of a few fixed
-    words, never the message, which names the host, user and database.
+    The ``reason`` label for a pg_hba.conf refusal: its kind's word, never
+    the message, which names the host, user and database.
     """
-    message = refusal.message
-    if message.startswith("no pg_hba.conf entry"):
-        return "no_hba_entry"
-    if message.startswith("pg_hba.conf rejects"):
-        return "hba_reject"
-    if message == "connection requires a valid client certificate":
-        return "client_cert_required"
-    if refusal.sqlstate == "F0000":
-        return "client_ca_missing"
-    return "cert_auth_failed"
+    return refusal.kind.value
 
 
 class Metrics:
@@ -193,6 +185,16 @@ class Metrics:
             buckets=_CONNECT_BUCKETS,
             registry=self.registry,
         )
+        self._upstream_failures = Counter(
+            "pgtls_upstream_failures",
+            "Admitted sessions whose upstream leg could not be opened (connect, SSL "
+            "negotiation, certificate verification), by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._upstream_failures_by = {
+            r: self._upstream_failures.labels(r.value) for r in FailureReason
+        }
         self._proxy_headers = Counter(
             "pgtls_proxy_headers",
             "Connections from pgtls.proxy_protocol_networks, by what their PROXY header said.",
@@ -228,6 +230,10 @@ class Metrics:
     def upstream_connected(self, seconds: float) -> None:
         """The upstream accepted a session's connection after ``seconds``."""
         self._connect_seconds.observe(seconds)
+
+    def upstream_failed(self, reason: FailureReason) -> None:
+        """A session's upstream leg failed (the client got FATAL 57P03)."""
+        self._upstream_failures_by[reason].inc()
 
     def connection_ended(
         self,

@@ -37,6 +37,7 @@ __all__ = [
     "UpstreamFactory",
     "UpstreamProtocol",
     "send_cancel",
+    "send_cancel_on",
     "set_nodelay",
     "upstream_endpoint",
 ]
@@ -146,11 +147,18 @@ class UpstreamProtocol(Protocol):
 
     transport: Any
     client: RelayPeer
+    #: Whether the leg is encrypted (TLS negotiated with the upstream); the
+    #: StartupMessage and every relayed byte then go through transport.write.
+    tls = False
+    #: The upstream's certificate on a TLS leg (pgtls.upstreamleg sets it).
+    peer_certificate: x509.Certificate | None = None
+    #: The leg sent the StartupMessage itself (to see whether the upstream
+    #: refuses it, see pgtls.upstreamleg), and read ``pending`` after it.
+    startup_sent = False
+    pending = b""
     #: Shown the upstream's bytes, once relayed, until it returns False
     #: (without a pump; the pump shows them itself).
     watch: Callable[[bytes], bool] | None = None
-    #: The upstream's certificate on a TLS leg, set by the leg's negotiation.
-    peer_certificate: x509.Certificate | None = None
 
     def __init__(self) -> None:
         self.bytes_down = 0
@@ -201,12 +209,70 @@ class _CancelForwarder(Protocol):
             self.done.callback(None)
 
 
+class _CancelSink:
+    """The client side of a cancel sent on an opened leg: it waits for the close."""
+
+    class _Discard:
+        def write(self, data: bytes) -> None:
+            pass  # the upstream answers a cancel with nothing but its close
+
+    transport = _Discard()
+
+    def __init__(self, done: defer.Deferred[None]) -> None:
+        self.done = done
+
+    def upstream_lost(self, reason: Failure) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+def send_cancel_on(
+    opening: defer.Deferred[Any], packet: bytes, clock: IReactorTime
+) -> defer.Deferred[None]:
+    """
+    Forward a CancelRequest on an upstream leg being opened (TLS negotiated
+    as the sslmode says, see pgtls.upstreamleg) and wait, a bounded time,
+    for the upstream to close the connection.
+
+    @param opening: fires with the UpstreamProtocol once the leg is ready.
+    @return: fires with None whatever happens: a cancel has no reply.
+    """
+    done: defer.Deferred[None] = defer.Deferred()
+    sink = _CancelSink(done)
+    opened: list[Any] = []
+
+    def ready(protocol: Any) -> None:
+        opened.append(protocol)
+        protocol.client = sink
+        protocol.transport.write(packet)
+
+    def give_up(failure: Failure) -> None:
+        if not done.called:
+            done.callback(None)
+
+    opening.addCallbacks(ready, give_up)
+
+    def on_timeout() -> None:
+        if opened:
+            opened[0].transport.abortConnection()
+        opening.cancel()
+
+    timer = clock.callLater(CANCEL_TIMEOUT, on_timeout)
+
+    def stop_timer(result: None) -> None:
+        if timer.active():
+            timer.cancel()
+
+    done.addCallback(stop_timer)
+    return done
+
+
 def send_cancel(
     endpoint: IStreamClientEndpoint, packet: bytes, clock: IReactorTime
 ) -> defer.Deferred[None]:
     """
-    Forward a CancelRequest packet to the upstream and wait, a bounded time,
-    for the upstream to close the connection (its only answer).
+    Forward a CancelRequest packet to a plaintext upstream and wait, a
+    bounded time, for the upstream to close the connection (its only answer).
 
     The Deferred fires with None whatever happens: a cancel has no reply.
     """

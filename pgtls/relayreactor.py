@@ -9,8 +9,8 @@ inside names the connection.  On a relayed session that is about a third of
 pgtls's own work per query (callgrind: 111k instructions per relayed query
 with it, 80k without), for a context the relay path has no use for: the
 fast path (:mod:`pgtls.pump`) logs nothing, and the errors that the
-reactor's ``_doReadOrWrite`` catches are logged all the same, only without
-the connection's name in front.
+reactor's read-or-write dispatch catches are logged all the same, only
+without the connection's name in front.
 
 A transport opts in with :func:`dispatch_directly` (pgtls.frontdoor does
 for each client connection from its start, pgtls.pump for both legs of a
@@ -18,28 +18,23 @@ relayed session, pgtls.listening for its listening ports); every other
 descriptor is dispatched exactly as Twisted does.  The front door's own
 log lines carry their namespace and the client's address, so they lose
 nothing.  An opted-in transport's plain read event (the relay's common
-case) goes straight to its ``doRead``, as the reactor's ``_doReadOrWrite``
-would call it; any other event goes through ``_doReadOrWrite`` itself.
-:func:`install` makes this the reactor when nothing has chosen one yet
-(``twistd --reactor`` still wins).
+case) goes straight to its ``doRead``, as the reactor's dispatch would
+call it; any other event goes through that dispatch itself.  The polling
+loop is :func:`pgtls._internals.poll` (it uses the reactor's private
+state).  :func:`install` makes this the reactor when nothing has chosen one
+yet (``twistd --reactor`` still wins), and pgtls.service installs it only
+when the fast path is on (pgtls.fastpath).
 """
 
 from __future__ import annotations
 
-import errno
-import select
 import sys
 from typing import Any
 
-from twisted.python import log
+from pgtls import _internals
+from pgtls._internals import DIRECT as _DIRECT
 
 __all__ = ["RelayReactor", "dispatch_directly", "install", "is_direct"]
-
-# An attribute on the transport rather than a set of file descriptors kept
-# here: it lives and dies with the transport, so a descriptor number used
-# again by a later connection never inherits it.
-_DIRECT = "_pgtlsDispatchDirectly"
-_READABLE = getattr(select, "EPOLLIN", 1)
 
 
 def dispatch_directly(transport: Any, direct: bool = True) -> None:
@@ -65,45 +60,10 @@ if EPollReactor is not None:
     class RelayReactor(EPollReactor):
         """Twisted's epoll reactor; see the module's text."""
 
-        def doPoll(self, timeout: float | None) -> None:
-            """EPollReactor.doPoll, dispatching opted-in transports directly."""
-            if timeout is None:
-                timeout = -1
-            try:
-                events = self._poller.poll(timeout, len(self._selectables))
-            except OSError as err:
-                if err.errno == errno.EINTR:
-                    return
-                raise
-            selectables = self._selectables
-            dispatch = self._doReadOrWrite
-            for fd, event in events:
-                selectable = selectables.get(fd)
-                if selectable is None:
-                    continue
-                if not getattr(selectable, _DIRECT, False):
-                    log.callWithLogger(selectable, dispatch, selectable, fd, event)
-                    continue
-                try:
-                    if event == _READABLE:
-                        # The relay's common case: _doReadOrWrite's read
-                        # branch, without its checks for the cases this is not.
-                        try:
-                            why = selectable.doRead()
-                        except BaseException:
-                            why = sys.exc_info()[1]
-                            log.err()
-                        if why:
-                            self._disconnectSelectable(selectable, why, True)
-                    else:
-                        dispatch(selectable, fd, event)
-                except Exception:
-                    # What the transport raises is caught above or by
-                    # _doReadOrWrite; this is what callWithLogger would
-                    # catch beyond it (an error while disconnecting).
-                    log.err(None, "directly dispatched socket event")
-
-        doIteration = doPoll
+        # EPollReactor.doPoll, dispatching opted-in transports directly; a
+        # function of pgtls._internals (it uses the reactor's private state).
+        doPoll = _internals.poll
+        doIteration = _internals.poll
 
 
 def install() -> bool:

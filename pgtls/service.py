@@ -22,19 +22,20 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
-from pgtls import conf, hba, relayreactor
+from pgtls import conf, fastpath, hba, relayreactor
 from pgtls.frontdoor import FrontDoorFactory
 from pgtls.handover import Channel, HandoverService, ReadyService, no_terminal_passphrase
 from pgtls.listening import (
     ListenService,
+    configured_listen_descriptions,
     inherited_descriptions,
-    listen_descriptions,
 )
 from pgtls.loader import StartupError, load_hba, load_server_config
 from pgtls.metrics import metrics_service
 from pgtls.sdnotify import Notifier, monotonic_usec
 from pgtls.shutdown import ShutdownService
 from pgtls.tlsctx import terminal_passphrase
+from pgtls.upstreamcheck import upstream_warnings
 
 __all__ = ["NotifyService", "Options", "ReloadService", "makeService"]
 
@@ -67,6 +68,11 @@ reads every file anew (a renewed certificate); once it is ready this one
 stops accepting and ends as in a smart shutdown, refusing no connection.
 With NOTIFY_SOCKET set (systemd's Type=notify) pgtls reports READY,
 RELOADING, STOPPING and a STATUS line.
+
+The relay's fast path uses private internals of Twisted and pyOpenSSL; a
+self-test proves them at start, and if it fails pgtls logs one warning and
+relays through Twisted's public path. pgtls.fast_path = off (or the
+environment variable PGTLS_FAST_PATH=off, which wins) turns it off.
 
 Examples:
   twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls
@@ -112,6 +118,17 @@ class Options(usage.Options):
         self["overrides"][name.strip()] = value
 
     opt_set = opt_c
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse as usage.Options does, but end a usage error with one line,
+        as ``postgres -x`` does: twistd would print its whole usage text and
+        then the error, so SystemExit (exit status 1) passes its handler by.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise SystemExit(f"pgtls: {error} (see twistd pgtls --help)") from None
 
     def getUsage(self, width: int | None = None) -> str:
         """The options as Twisted lists them, then the description as written."""
@@ -325,17 +342,16 @@ class ReloadService(Service):
 
 def _not_reloaded(error: hba.HbaError) -> list[str]:
     """The files whose errors kept the rules in force, as PostgreSQL names them."""
-    if not isinstance(error, hba.HbaErrors):
-        return ["pg_hba.conf"]  # it could not be opened
-    files = ["pg_hba.conf"] if error.hba_errors else []
-    return files + (["pg_ident.conf"] if error.ident_errors else [])
+    return [source.value for source in error.sources]
+
+
+def _startup_exit(error: StartupError) -> SystemExit:
+    """One ``pgtls:`` line per error (several bad pg_hba.conf lines are each named)."""
+    return SystemExit("\n".join(f"pgtls: {line}" for line in str(error).split("\n")))
 
 
 def makeService(options: Options) -> MultiService:
     """Load the data directory (asking for a passphrase if needed) and build the server."""
-    relayreactor.install()
-    from twisted.internet import reactor
-
     # Started by SIGUSR2 (pgtls.handover): report there, and ask no terminal.
     channel = Channel.from_environment()
     try:
@@ -344,10 +360,23 @@ def makeService(options: Options) -> MultiService:
             options["overrides"],
             ask_passphrase=terminal_passphrase if channel is None else no_terminal_passphrase,
         )
+    except StartupError as error:
+        raise _startup_exit(error) from None
+    try:
+        fast = fastpath.start(config.settings.fast_path, os.environ, fastpath.self_test)
+    except ValueError as error:  # a bad PGTLS_FAST_PATH
+        raise SystemExit(f"pgtls: {error}") from None
+    # Nothing has imported the global reactor yet: the fast path's reactor
+    # goes in now, else Twisted's default (epoll) does.
+    if fast:
+        relayreactor.install()
+    from twisted.internet import reactor
+
+    try:
         inherited = inherited_descriptions(reactor)
         if not inherited:
             # Resolve listen_addresses now, so a bad name stops the start here.
-            listen_descriptions(config.settings.listen_addresses, config.settings.port)
+            configured_listen_descriptions(config.settings)
         metrics = metrics_service(reactor, config.settings)
         if channel is not None and channel.metrics_fd is not None:
             # The metrics socket the old process served: ours, or closed if
@@ -357,14 +386,14 @@ def makeService(options: Options) -> MultiService:
             else:
                 os.close(channel.metrics_fd)
     except StartupError as error:
-        # One line per error (several bad pg_hba.conf lines are each named).
-        raise SystemExit("\n".join(f"pgtls: {line}" for line in str(error).split("\n"))) from None
+        raise _startup_exit(error) from None
     factory = FrontDoorFactory(
         config.settings,
         config.rules,
         config.tls,
         reactor,
         metrics=metrics.metrics if metrics is not None else None,
+        upstream_tls=config.upstream_tls,
     )
     top = MultiService()
     notify = NotifyService(reactor, factory, Notifier.from_environment())
@@ -386,5 +415,7 @@ def makeService(options: Options) -> MultiService:
     for notice in config.settings.notices:
         log.info("{notice}", notice=notice)
     for warning in config.rules.warnings:
+        log.warn("{warning}", warning=warning)
+    for warning in upstream_warnings(config.settings.upstream):
         log.warn("{warning}", warning=warning)
     return top

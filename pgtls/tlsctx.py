@@ -161,13 +161,16 @@ class NoApplicationProtocol(SSL.Error):
 
     Raised from the ALPN callback, which makes OpenSSL abort the handshake
     with the no_application_protocol alert (PostgreSQL 17's alpn_cb); the
-    handshake then fails with this exception.  Its ``args`` follow pyOpenSSL's
-    error-queue shape, so code that reads an ``SSL.Error``'s reason (Twisted's
-    TLS layer, the shell's log line) sees ``no application protocol``.
+    handshake then fails with this exception.  ``reason`` is what the shell
+    logs and counts for it, OpenSSL's text for that alert.  ``args`` keep
+    the shape of pyOpenSSL's error queue because Twisted's TLS layer unpacks
+    every ``SSL.Error`` that way (tls.py _representsEOF).
     """
 
+    reason = "no application protocol"
+
     def __init__(self, offered: list[bytes]) -> None:
-        super().__init__([("SSL routines", "", "no application protocol")])
+        super().__init__([("SSL routines", "", self.reason)])
         self.offered = offered
 
 
@@ -261,13 +264,16 @@ def load_server_tls(
     except TLSConfigError as error:
         raise _located(settings, error, "ssl_ecdh_curve") from None
     try:
-        _set_cipher_list(context, settings.ssl_ciphers)
+        ciphers = _cipher_list(settings.ssl_ciphers)
     except TLSConfigError as error:
         raise _located(settings, error, "ssl_ciphers") from None
     context.set_alpn_select_callback(_select_alpn)
     verify_clients = _load_client_ca(context, settings)
     if verify_clients:
         _load_crl(context, settings)
+    # Last: pyOpenSSL 25.1 to 25.3 make a connection to set a cipher list,
+    # then warn at every later change to the context.
+    context.set_cipher_list(ciphers)
     return ServerTLS(
         context=context,
         verify_clients=verify_clients,
@@ -636,12 +642,17 @@ def _set_ecdh_curve(context: SSL.Context, name: str) -> None:
     context.set_tmp_ecdh(curve)
 
 
-def _set_cipher_list(context: SSL.Context, ciphers: str) -> None:
-    """The TLS 1.2-and-older cipher list; TLS 1.3 suites stay OpenSSL's."""
+def _cipher_list(ciphers: str) -> bytes:
+    """
+    The TLS 1.2-and-older cipher list, checked on a context of its own (in
+    PostgreSQL's order of checks); TLS 1.3 suites stay OpenSSL's.
+    """
     try:
-        context.set_cipher_list(ciphers.encode("ascii"))
+        encoded = ciphers.encode("ascii")
+        SSL.Context(SSL.TLS_SERVER_METHOD).set_cipher_list(encoded)
     except (SSL.Error, UnicodeEncodeError):
         raise TLSConfigError("could not set the cipher list (no valid ciphers available)") from None
+    return encoded
 
 
 def _select_alpn(conn: SSL.Connection, offered: list[bytes]) -> bytes:

@@ -26,10 +26,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
+from pgtls.pgfiles import parse_bool
+
 __all__ = [
     "CANCEL_REQUEST_CODE",
     "GSSENC_REQUEST_CODE",
     "MAX_STARTUP_PACKET_LENGTH",
+    "NAMEDATALEN",
     "NEED_DATA",
     "PROTOCOL_3_0",
     "SSL_REQUEST_CODE",
@@ -63,6 +66,9 @@ __all__ = [
 
 #: Largest payload (packet minus its length word) PostgreSQL reads at startup.
 MAX_STARTUP_PACKET_LENGTH: Final = 10000
+#: PostgreSQL's NAMEDATALEN: user and database names are cut to one byte
+#: less (ProcessStartupPacket, before pg_hba.conf is read).
+NAMEDATALEN: Final = 64
 #: Code word of an SSLRequest (1234.5679).
 SSL_REQUEST_CODE: Final = 80877103
 #: Code word of a GSSENCRequest (1234.5680).
@@ -80,6 +86,8 @@ _CANCEL_PACKET_LENGTH = _CANCEL_PACKET.size
 # The length word and the code word: the smallest packet PostgreSQL reads.
 _MIN_PACKET_LENGTH = 8
 _MAX_PACKET_LENGTH = MAX_STARTUP_PACKET_LENGTH + 4
+# The parameters whose values PostgreSQL cuts to NAMEDATALEN - 1 bytes.
+_NAME_PARAMETERS = frozenset((b"user", b"database"))
 _SUPPORTED_MAJOR = 3
 _MAN_IN_THE_MIDDLE_DETAIL = (
     "This could be either a client-software bug or evidence of an attempted "
@@ -149,7 +157,10 @@ class StartupMessage:
         NegotiateProtocolVersion.
     :ivar parameters: ``(name, value)`` pairs in packet order, decoded as
         UTF-8 with replacement characters; a name may occur more than once.
-    :ivar packet: the whole packet as received, to be relayed unchanged.
+        ``user`` and ``database`` values are cut to ``NAMEDATALEN - 1``
+        bytes, as PostgreSQL cuts them before it reads pg_hba.conf.
+    :ivar packet: the packet to relay: as received, or, when a name was
+        cut, rebuilt with the cut names (and nothing else changed).
     """
 
     major: int
@@ -681,13 +692,35 @@ class StartupReader:
         major, minor = code >> 16, code & 0xFFFF
         if major != _SUPPORTED_MAJOR:
             raise UnsupportedProtocol(major, minor)
-        message = StartupMessage(major, minor, _parse_parameters(packet[8:]), packet)
+        raw = _parse_parameters(packet[8:])
+        if any(_overlong_name(name, value) for name, value in raw):
+            # PostgreSQL 15 cuts the names byte-wise (a multibyte character
+            # may be split) and matches pg_hba.conf on the cut names: the
+            # upstream gets them cut too, so that it logs in the identity
+            # admitted here whatever its own NAMEDATALEN.
+            raw = tuple(
+                (name, value[: NAMEDATALEN - 1] if name in _NAME_PARAMETERS else value)
+                for name, value in raw
+            )
+            packet = _packet(
+                code, b"".join(name + b"\0" + value + b"\0" for name, value in raw) + b"\0"
+            )
+        parameters = tuple(
+            (name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
+            for name, value in raw
+        )
+        message = StartupMessage(major, minor, parameters, packet)
         if not message.user:
             raise NoUserName()
         return message
 
 
-def _parse_parameters(body: bytes) -> tuple[tuple[str, str], ...]:
+def _overlong_name(name: bytes, value: bytes) -> bool:
+    """Whether PostgreSQL would cut this parameter's value (a user or database name)."""
+    return name in _NAME_PARAMETERS and len(value) >= NAMEDATALEN
+
+
+def _parse_parameters(body: bytes) -> tuple[tuple[bytes, bytes], ...]:
     """
     Read ``name\\0value\\0`` pairs up to an empty name, as PostgreSQL does.
 
@@ -703,7 +736,7 @@ def _parse_parameters(body: bytes) -> tuple[tuple[str, str], ...]:
     padded = body + b"\0"
     size = len(body)
     offset = 0
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[bytes, bytes]] = []
     while offset < size:
         name_end = padded.index(b"\0", offset)
         if name_end == offset:
@@ -716,25 +749,11 @@ def _parse_parameters(body: bytes) -> tuple[tuple[str, str], ...]:
         value = padded[value_start:value_end]
         if name == b"replication" and value != b"database" and _parse_bool(value) is None:
             raise InvalidReplicationValue(value.decode("utf-8", "replace"))
-        pairs.append((name.decode("utf-8", "replace"), value.decode("utf-8", "replace")))
+        pairs.append((name, value))
         offset = value_end + 1
     if offset != size - 1:
         raise InvalidStartupLayout()
     return tuple(pairs)
-
-
-# PostgreSQL's boolean words: any case-insensitive prefix at least this long.
-_BOOLEAN_WORDS: Final = (
-    (b"true", True, 1),
-    (b"false", False, 1),
-    (b"yes", True, 1),
-    (b"no", False, 1),
-    # "o" alone could be either.
-    (b"on", True, 2),
-    (b"off", False, 2),
-    (b"1", True, 1),
-    (b"0", False, 1),
-)
 
 
 def _parse_bool(value: bytes) -> bool | None:
@@ -744,8 +763,6 @@ def _parse_bool(value: bytes) -> bool | None:
     :param value: the raw parameter value.
     :return: the boolean, or None if PostgreSQL would refuse the value.
     """
-    lowered = value.lower()
-    for word, result, shortest in _BOOLEAN_WORDS:
-        if len(lowered) >= shortest and word.startswith(lowered):
-            return result
-    return None
+    # Latin-1 maps each byte to one character, so a byte that is not ASCII
+    # stays a character that no boolean word contains.
+    return parse_bool(value.decode("latin-1"))

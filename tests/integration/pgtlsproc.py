@@ -18,10 +18,13 @@ from pathlib import Path
 # The tests and the benchmark take free_port from here too.
 from ports import free_port as free_port
 
-from pgtls import certs
+from pgtls import certs, fastpath
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 REPO = Path(__file__).resolve().parents[2]
+#: Whether the servers the tests start use the relay's fast path: scripts/test
+#: runs the suite a second time with PGTLS_FAST_PATH=off, which they inherit.
+FAST_PATH = fastpath.from_environment(os.environ) is not False
 
 
 @dataclass

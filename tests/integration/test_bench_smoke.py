@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = ("native", "pgbouncer", "pgtls", "pgtls2", "stunnel")
+TARGETS = ("native", "pgbouncer", "pgtls", "pgtls2", "pgtls-tls", "stunnel")
 WORKLOADS = ("w1_c16", "w1_c1", "w2_connect", "w3_copy", "w4_idle")
 
 

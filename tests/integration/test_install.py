@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import pgtls
+from pgtls import initdir
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/opt/pgtls"
@@ -148,6 +149,22 @@ def test_staged_twistd_lists_pgtls(staged: Staged) -> None:
     assert "  twistd --nodaemon --pidfile= pgtls -D /var/lib/pgtls\n" in done.stdout
     done = staged.python(str(staged.venv / "bin" / "pgtls"), "--version")
     assert (done.returncode, done.stdout) == (0, f"pgtls {pgtls.__version__}\n"), done
+
+
+def test_staged_init_writes_the_sample_files(staged: Staged, tmp_path: Path) -> None:
+    """
+    The staged pgtls has its package data: ``pgtls init`` writes the sample
+    postgresql.conf, pg_hba.conf and pg_ident.conf from pgtls/templates,
+    exactly as the source tree does.
+    """
+    datadir = tmp_path / "data"
+    done = staged.python(str(staged.venv / "bin" / "pgtls"), "init", str(datadir))
+    assert done.returncode == 0, done
+    assert (datadir / "pg_hba.conf").read_text() == initdir.pg_hba_conf_text()
+    assert (datadir / "pg_ident.conf").read_text() == initdir.pg_ident_conf_text()
+    assert (datadir / "postgresql.conf").read_text() == initdir.postgresql_conf_text(
+        initdir.InitOptions()
+    )
 
 
 def test_staged_tree_names_its_final_place(staged: Staged) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 
@@ -62,8 +63,17 @@ def test_no_address_binds(pgtls) -> None:
 
 
 def test_bad_host_name_refuses_start(pgtls) -> None:
-    """A listen_addresses name that does not resolve stops the start, naming it."""
+    """
+    A listen_addresses name that does not resolve stops the start, naming
+    it, the file and line that set it, in PostgreSQL's words.
+    """
     code, out = _run_to_exit(pgtls, "listen_addresses = 'no-such-host.invalid'")
     assert code == 1
-    assert 'pgtls: listen_addresses: could not translate host name "no-such-host.invalid"' in out
+    # make_datadir: listen_addresses, port, ssl, pgtls.upstream, then the setting.
+    assert re.search(
+        r"^pgtls: \S+/postgresql\.conf:5: listen_addresses: could not translate host name "
+        r'"no-such-host\.invalid", service "\d+" to address: ',
+        out,
+        re.MULTILINE,
+    ), out
     assert "Traceback" not in out

@@ -234,6 +234,7 @@ def test_json_logs(pgtls: PgtlsLauncher) -> None:
     # The first is PgtlsServer.start()'s probe: a connect and a close.
     probe, relayed, refusal = summaries
     assert (probe["outcome"], probe["user"], probe["bytes_up"]) == ("closed", None, 0)
+    assert " user=[unknown] database=[unknown] " in probe["text"]
     assert relayed["peer"] == f"127.0.0.1:{relayed['port']}"
     assert (relayed["user"], relayed["database"]) == ("postgres", "postgres")
     assert (relayed["ssl"], relayed["protocol"]) == (True, "TLSv1.3")

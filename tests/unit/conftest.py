@@ -15,6 +15,8 @@ import pytest
 from socketpairs import clock, pair, small_pair, tls_pair  # noqa: F401 (fixtures)
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
+from pgtls import fastpath
+
 
 @pytest.fixture(autouse=True)
 def logged_failures() -> Iterator[list[LogEvent]]:
@@ -44,3 +46,11 @@ def logged_failures() -> Iterator[list[LogEvent]]:
             f"{formatEvent(event)}\n{event['log_failure'].getTraceback()}" for event in failures
         )
         pytest.fail(f"{len(failures)} failure(s) logged:\n{report}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def fast_path_restored() -> Iterator[None]:
+    """The fast path's switch as it was: makeService and some tests turn it."""
+    before = fastpath.on()
+    yield
+    fastpath.set_on(before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,32 @@ def test_channel_binding_lines_for_a_tls_upstream_leg(datadir: Path) -> None:
     (different,) = channel_binding_lines(config, other)
     assert different.startswith("  warning: channel binding: pgtls's certificate (subject ")
     assert "channel_binding=disable" in different
+
+
+def test_check_refuses_an_unresolvable_listen_address(
+    datadir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    listen_addresses naming a host that does not resolve fails the check as
+    it fails the server: at the line that set it, in PostgreSQL's words.
+    """
+
+    def getaddrinfo(*args: object, **kwargs: object) -> object:
+        # No DNS query from a unit test: every name fails as .invalid does.
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    conf_file = datadir / "postgresql.conf"
+    with conf_file.open("a") as f:
+        f.write("listen_addresses = 'nosuchhost.invalid'\n")
+    line = len(conf_file.read_text().splitlines())
+    capsys.readouterr()
+    assert main(["check", "-D", str(datadir)]) == 1
+    assert capsys.readouterr().err == (
+        f"pgtls: {conf_file}:{line}: listen_addresses: could not translate host name "
+        '"nosuchhost.invalid", service "6499" to address: Name or service not known\n'
+    )
+    assert main(["check", "-D", str(datadir), "-c", "listen_addresses=nosuchhost.invalid"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "pgtls: command line: listen_addresses: could not translate host name"
+    )

@@ -875,6 +875,7 @@ def test_restart_only_names() -> None:
         "pgtls.clientcert",
         "pgtls.metrics_listen",
         "pgtls.so_reuseport",
+        "pgtls.fast_path",
     } == RESTART_ONLY
 
 
@@ -983,3 +984,10 @@ def test_reloaded_takes_only_reloadable_settings() -> None:
     result = reloaded(old, new)
     assert (result.ssl, result.port) == (False, 5432)
     assert (result.log_connections, result.authentication_timeout) == (True, 5.0)
+
+
+def test_fast_path(tmp_path: Path) -> None:
+    """pgtls.fast_path is on by default, a boolean, restart-only."""
+    assert _load(tmp_path, "").fast_path is True
+    assert _load(tmp_path, "pgtls.fast_path = off").fast_path is False
+    assert "pgtls.fast_path" in RESTART_ONLY

@@ -31,9 +31,12 @@ from pgtls.conninfo import DEFAULT_HOST, DEFAULT_PORT, Upstream, format_conninfo
         ("connect_timeout=10", Upstream("/var/run/postgresql", 5432, 10.0)),
         ("connect_timeout=0", Upstream("/var/run/postgresql", 5432, None)),
         ("connect_timeout=-1", Upstream("/var/run/postgresql", 5432, None)),
-        ("hostaddr=127.0.0.1", Upstream("127.0.0.1", 5432)),
-        ("host=db.example hostaddr=::1 port=5433", Upstream("::1", 5433)),
-        ("host=/tmp hostaddr=10.0.0.1", Upstream("10.0.0.1", 5432)),
+        ("hostaddr=127.0.0.1", Upstream("127.0.0.1", 5432, server_name="")),
+        (
+            "host=db.example hostaddr=::1 port=5433",
+            Upstream("::1", 5433, server_name="db.example"),
+        ),
+        ("host=/tmp hostaddr=10.0.0.1", Upstream("10.0.0.1", 5432, server_name="/tmp")),
     ],
 )
 def test_keyword_value_form(text: str, upstream: Upstream) -> None:
@@ -71,14 +74,12 @@ def test_uri_form(text: str, upstream: Upstream) -> None:
     [
         "dbname=app",
         "host=/tmp user=alice",
-        "sslmode=require",
         "application_name=x",
         "password=secret",
         "options='-c x=y'",
         "postgresql://alice@db.example",
         "postgresql://alice:pw@db.example",
         "postgresql://db.example/app",
-        "postgresql://db.example?sslmode=disable",
         "postgresql://db.example?ssl=true",
         "postgresql://db.example?application_name=x",
     ],
@@ -89,7 +90,7 @@ def test_session_options_are_refused(text: str) -> None:
         parse_conninfo(text)
     message = str(caught.value)
     assert "relays each client's own startup packet" in message
-    assert "only host, hostaddr, port and connect_timeout are used" in message
+    assert "only the keywords naming the server (host, hostaddr, port, connect_timeout)" in message
 
 
 @pytest.mark.parametrize(
@@ -227,3 +228,103 @@ def test_any_text_gives_upstream_or_value_error(text: str) -> None:
     else:
         assert 1 <= upstream.port <= 65535
         assert upstream.host
+
+
+# -- TLS keywords -------------------------------------------------------------
+
+
+def test_tls_defaults_are_libpqs() -> None:
+    """No TLS keyword: prefer, SNI on, postgres negotiation, TLSv1.2 at least."""
+    upstream = parse_conninfo("host=db.example")
+    assert upstream.sslmode == "prefer"
+    assert upstream.sslsni
+    assert upstream.sslnegotiation == "postgres"
+    assert upstream.ssl_min_protocol_version == "TLSv1.2"
+    assert upstream.ssl_max_protocol_version == ""
+    assert upstream.uses_tls and not upstream.requires_tls
+
+
+def test_tls_keywords_are_read() -> None:
+    """Every TLS keyword libpq has for a client connection."""
+    upstream = parse_conninfo(
+        "host=db.example sslmode=verify-full sslrootcert=ca.crt sslcert=c.crt sslkey=c.key "
+        "sslpassword=pw sslcrl=r.crl sslsni=0 sslnegotiation=direct "
+        "ssl_min_protocol_version=tlsv1.3 ssl_max_protocol_version=TLSv1.3"
+    )
+    assert (upstream.sslmode, upstream.sslrootcert, upstream.sslcert, upstream.sslkey) == (
+        "verify-full",
+        "ca.crt",
+        "c.crt",
+        "c.key",
+    )
+    assert (upstream.sslpassword, upstream.sslcrl, upstream.sslsni) == ("pw", "r.crl", False)
+    assert upstream.sslnegotiation == "direct"
+    assert upstream.ssl_min_protocol_version == upstream.ssl_max_protocol_version == "TLSv1.3"
+    assert "pw" not in repr(upstream)
+    assert "pw" not in format_conninfo(upstream)
+
+
+def test_unix_socket_never_uses_tls() -> None:
+    """A Unix socket upstream: TLS is never tried, whatever the sslmode (libpq)."""
+    upstream = parse_conninfo("host=/run/pg sslmode=require")
+    assert not upstream.uses_tls and not upstream.requires_tls
+
+
+def test_sslrootcert_system_means_verify_full() -> None:
+    """libpq 16+: sslrootcert=system defaults sslmode to verify-full and refuses less."""
+    assert parse_conninfo("host=db sslrootcert=system").sslmode == "verify-full"
+    with pytest.raises(ValueError, match=r'weak sslmode "require" may not be used with sslroot'):
+        parse_conninfo("host=db sslrootcert=system sslmode=require")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sslmode=on", 'invalid sslmode value: "on"'),
+        ("sslnegotiation=tls", 'invalid sslnegotiation value: "tls"'),
+        (
+            "sslnegotiation=direct",
+            'weak sslmode "prefer" may not be used with sslnegotiation=direct',
+        ),
+        ("sslsni=on", 'invalid sslsni value: "on"'),
+        ("ssl_min_protocol_version=TLSv2", 'invalid ssl_min_protocol_version value: "TLSv2"'),
+        ("ssl_max_protocol_version=SSLv3", 'invalid ssl_max_protocol_version value: "SSLv3"'),
+        (
+            "ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2",
+            "invalid SSL protocol version range",
+        ),
+        (
+            "hostaddr=10.0.0.1 sslmode=verify-full",
+            "host name must be specified for a verified SSL connection",
+        ),
+    ],
+)
+def test_bad_tls_values(text: str, message: str) -> None:
+    """Values libpq refuses, with its messages."""
+    with pytest.raises(ValueError) as caught:
+        parse_conninfo(text)
+    assert message in str(caught.value)
+
+
+def test_relative_files_are_resolved_against_a_directory() -> None:
+    """Relative file names are relative to the data directory; system is not a file."""
+    from pgtls.conninfo import resolve_files
+
+    upstream = resolve_files(
+        parse_conninfo("host=db sslrootcert=system sslcert=c.crt sslkey=/k sslcrl=../r.crl"),
+        "/srv/pgtls",
+    )
+    assert upstream.sslrootcert == "system"
+    assert (upstream.sslcert, upstream.sslkey, upstream.sslcrl) == (
+        "/srv/pgtls/c.crt",
+        "/k",
+        "/srv/r.crl",
+    )
+
+
+def test_format_shows_tls_keywords() -> None:
+    """pgtls check shows the keywords that differ from libpq's defaults."""
+    upstream = parse_conninfo("host=db hostaddr=10.0.0.1 sslmode=verify-full sslrootcert=system")
+    assert format_conninfo(upstream) == (
+        "host=db hostaddr=10.0.0.1 port=5432 sslmode=verify-full sslrootcert=system"
+    )

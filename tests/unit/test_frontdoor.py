@@ -39,7 +39,7 @@ from pgtls.hba import ClientCert
 from pgtls.loader import load_server_config
 from pgtls.relay import CANCEL_TIMEOUT
 from pgtls.relayreactor import is_direct
-from pgtls.tlsctx import TLSInfo
+from pgtls.tlsctx import NoApplicationProtocol, TLSInfo
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -848,9 +848,13 @@ def test_upstream_refusal_is_fatal_57p03_without_its_address(door: Door) -> None
     assert conn.transport.disconnecting
     assert conn.socket_closed
     (warning,) = [e for e in events if e["log_level"] is LogLevel.warn]
-    assert formatEvent(warning).startswith(
-        "could not connect to the upstream server for host=192.0.2.7: "
+    # The line names the upstream (pgtls.upstream's default socket here) and
+    # why, in libpq's words, not the client (issue 16, item 5).
+    assert formatEvent(warning) == (
+        "could not connect to the upstream server at "
+        "/var/run/postgresql/.s.PGSQL.5432: Connection refused"
     )
+    assert warning["upstream_failure"] == "connection_refused"
     conn.lost()
     assert door.factory.sessions == 0
 
@@ -885,6 +889,22 @@ def test_authentication_timeout_closes_silently(tmp_path: Path, pki: Pki) -> Non
     # Only pgtls's own access-log line, none of PostgreSQL's.
     (summary,) = [e for e in events if e["log_level"] >= LogLevel.info]
     assert (summary["log_format"], summary["outcome"]) == ("session {summary}", "timeout")
+
+
+def test_session_line_without_startup_shows_unknown_names(tmp_path: Path, pki: Pki) -> None:
+    """
+    No StartupMessage: the text shows ``user=[unknown] database=[unknown]``,
+    as PostgreSQL's log_line_prefix shows missing names; the fields stay None.
+    """
+    door = make_door(tmp_path, pki, settings=["authentication_timeout = 5s"])
+    conn = door.connect()
+    with capturedLogs() as events:
+        door.reactor.advance(5)
+        conn.lost()
+    (summary,) = [e for e in events if e["log_format"] == "session {summary}"]
+    assert (summary["user"], summary["database"]) == (None, None)
+    assert " user=[unknown] database=[unknown] " in summary["summary"]
+    assert "None" not in formatEvent(summary)
 
 
 def test_authentication_timeout_during_the_handshake(door: Door) -> None:
@@ -1177,6 +1197,17 @@ def test_handshake_failure_is_logged_with_openssl_reason(door: Door) -> None:
     with capturedLogs() as events:
         conn.lost(SSL.Error([("SSL routines", "", "certificate verify failed")]))
     assert "could not accept SSL connection: certificate verify failed (host=192.0.2.7)" in texts(
+        events
+    )
+
+
+def test_alpn_abort_is_logged_with_its_typed_reason(door: Door) -> None:
+    """A handshake the ALPN callback aborted logs the reason the exception carries."""
+    conn = door.connect()
+    conn.send(wire.ssl_request())
+    with capturedLogs() as events:
+        conn.lost(NoApplicationProtocol([b"h2"]))
+    assert "could not accept SSL connection: no application protocol (host=192.0.2.7)" in texts(
         events
     )
 

@@ -23,7 +23,9 @@ from pgtls.hba import (
     ClientCert,
     HbaError,
     HbaErrors,
+    HbaFile,
     Refusal,
+    RefusalKind,
     Rules,
     load_rules,
 )
@@ -362,6 +364,28 @@ def test_bad_lines_only_in_pg_ident(tmp_path: Path) -> None:
     assert error.hba_errors == ()
     assert {e.path for e in error.ident_errors} == {str(tmp_path / "pg_ident.conf")}
     assert [e.line for e in error.errors] == [1, 2]
+
+
+def test_errors_carry_their_source_file(tmp_path: Path) -> None:
+    """Each error says, typed, which file is at fault, whatever file it names."""
+    write(tmp_path, "maps.conf", "m /( bob\n")
+    error = load_error(tmp_path, "hostx all all all trust\n", "include maps.conf\n")
+    assert isinstance(error, HbaErrors)
+    assert [e.source for e in error.errors] == [HbaFile.HBA, HbaFile.IDENT]
+    assert error.ident_errors[0].path == str(tmp_path / "maps.conf")
+    assert error.sources == (HbaFile.HBA, HbaFile.IDENT)
+    only_ident = load_error(tmp_path, "host all all all trust\n", "m alice\n")
+    assert only_ident.sources == (HbaFile.IDENT,)
+    assert only_ident.source is HbaFile.IDENT
+    (tmp_path / "pg_hba.conf").write_text("# nothing\n")
+    with pytest.raises(HbaError) as empty:
+        load_rules(
+            str(tmp_path / "pg_hba.conf"),
+            str(tmp_path / "pg_ident.conf"),
+            ssl_enabled=True,
+            client_ca_loaded=True,
+        )
+    assert empty.value.sources == (HbaFile.HBA,)
 
 
 HBA_ERRORS = [
@@ -850,7 +874,9 @@ def test_admitting_methods(tmp_path: Path, method: str) -> None:
 def test_no_entry(tmp_path: Path, fields: dict[str, Any], message: str) -> None:
     """No matching line: PostgreSQL's implicit-reject FATAL, 28000."""
     rules = load(tmp_path, "host all all 127.0.0.1/32 trust\n")
-    assert rules.match(client("10.9.8.7", **fields)) == Refusal("28000", message, None)
+    assert rules.match(client("10.9.8.7", **fields)) == Refusal(
+        "28000", message, None, kind=RefusalKind.NO_HBA_ENTRY
+    )
 
 
 def test_no_entry_logs_the_host_name(tmp_path: Path) -> None:
@@ -901,6 +927,51 @@ def test_reject(tmp_path: Path, fields: dict[str, Any], message: str) -> None:
         f'Connection matched file "{tmp_path / "pg_hba.conf"}" line 1:'
         ' "host all,replication all all reject"'
     )
+
+
+@pytest.mark.parametrize(
+    ("hba_text", "fields", "client_ca_loaded", "kind"),
+    [
+        ("host all bob all trust\n", {}, True, RefusalKind.NO_HBA_ENTRY),
+        ("host all all all reject\n", {}, True, RefusalKind.HBA_REJECT),
+        ("hostssl all all all cert\n", {"ssl": True}, True, RefusalKind.CLIENT_CERT_REQUIRED),
+        (
+            "hostssl all all all cert\n",
+            {"ssl": True, "cert": ALICE},
+            False,
+            RefusalKind.CLIENT_CA_MISSING,
+        ),
+        (
+            "hostssl all all all cert\n",
+            {"ssl": True, "cert": BOB},
+            True,
+            RefusalKind.CERT_AUTH_FAILED,
+        ),
+        (
+            "hostssl all all all md5 clientcert=verify-full\n",
+            {"ssl": True, "cert": BOB},
+            True,
+            RefusalKind.CERT_AUTH_FAILED,
+        ),
+    ],
+)
+def test_refusal_kinds(
+    tmp_path: Path,
+    hba_text: str,
+    fields: dict[str, Any],
+    client_ca_loaded: bool,
+    kind: RefusalKind,
+) -> None:
+    """Each way of refusing says which it is as a typed kind, whatever the message's words."""
+    hba_path = write(tmp_path, "pg_hba.conf", hba_text)
+    rules = load_rules(
+        hba_path,
+        str(tmp_path / "pg_ident.conf"),
+        ssl_enabled=True,
+        client_ca_loaded=client_ca_loaded,
+        local_networks=NETWORKS,
+    )
+    assert refused(rules.match(client(**fields))).kind is kind
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ that one place; setup.cfg reads it), and it carries the MIT licence text.
 
 from __future__ import annotations
 
+import configparser
 from importlib import metadata
 from pathlib import Path
 
@@ -26,3 +27,22 @@ def test_license_travels_with_the_distribution() -> None:
     assert "LICENSE" in (meta.get_all("License-File") or [])
     text = (REPO / "LICENSE").read_text()
     assert text.startswith("MIT License\n\nCopyright (c) 2026 the pgtls authors\n")
+
+
+def test_setup_cfg_ships_every_package_and_template() -> None:
+    """
+    setup.cfg lists every package under pgtls (a non-editable install has
+    only those) and its package data takes every sample file in
+    pgtls/templates, which ``pgtls init`` writes.
+    """
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    packages = set(setup["options"]["packages"].split())
+    inits = (REPO / "pgtls").rglob("__init__.py")
+    on_disk = {".".join(init.parent.relative_to(REPO).parts) for init in inits}
+    assert on_disk <= packages
+    patterns = setup["options.package_data"]["pgtls"].split()
+    shipped = {path for pattern in patterns for path in (REPO / "pgtls").glob(pattern)}
+    templates = set((REPO / "pgtls" / "templates").iterdir())
+    assert templates
+    assert templates <= shipped

@@ -419,3 +419,42 @@ def test_any_sizes_both_ways_arrive_whole_and_in_order(steps: list[tuple[bool, i
         twisted_tls._get_default_clock = saved
         client.close()
         upstream.close()
+
+
+# -- both legs on TLS (a TLS upstream leg) --------------------------------------
+
+
+@pytest.fixture
+def tls_upstream(clock: MemoryReactorClock) -> Iterator[TLSPair]:
+    """The upstream's end on TLS too: the pump does not care which side began it."""
+    for made in opened():
+        yield TLSPair(made)
+
+
+def test_both_legs_tls_are_pumped(tls_pair: TLSPair, tls_upstream: TLSPair) -> None:
+    """
+    Client and upstream on TLS: each read is decrypted from one session and
+    encrypted into the other at once, in order, counted as plaintext.
+    """
+    counts = Counts()
+    made = pump.start(tls_pair.transport, tls_upstream.transport, counts, counts)
+    assert made is not None
+    assert "doRead" in tls_upstream.transport.__dict__
+    tls_pair.client.sendall(b"SELECT 1")
+    tls_pair.pair.peer.sendall(tls_pair.client.bio_read(1 << 20))
+    assert tls_pair.transport.doRead() is None
+    assert tls_upstream.receive() == b"SELECT 1"
+    answer = bytes(range(256)) * 300  # more than one record
+    tls_upstream.client.sendall(answer)
+    tls_upstream.pair.peer.sendall(tls_upstream.client.bio_read(1 << 20))
+    got = b""
+    for _ in range(10):
+        # A read takes 64 KiB: the records of the answer take two.
+        assert tls_upstream.transport.doRead() is None
+        got += tls_pair.receive()
+        if len(got) == len(answer):
+            break
+    assert got == answer
+    assert (counts.bytes_up, counts.bytes_down) == (8, len(answer))
+    made.stop()
+    assert "doRead" not in tls_upstream.transport.__dict__

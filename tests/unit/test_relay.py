@@ -158,6 +158,11 @@ def test_reactor_without_adoption_gets_twisteds_endpoint() -> None:
     assert isinstance(upstream_endpoint(object(), upstream), UNIXClientEndpoint)
 
 
+# Twisted before 25.5's MemoryReactor has no name resolver, and HostnameEndpoint
+# warns about it (the real reactor has one).
+@pytest.mark.filterwarnings(
+    "ignore:Passing HostnameEndpoint a reactor that does not provide:DeprecationWarning"
+)
 def test_tcp_upstream_gets_a_hostname_endpoint() -> None:
     upstream = parse_conninfo("host=127.0.0.1 port=5433")
     assert isinstance(upstream_endpoint(MemoryReactor(), upstream), HostnameEndpoint)

@@ -20,7 +20,6 @@ from twisted.internet import error, main
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from pgtls import relayreactor
 from pgtls.relayreactor import RelayReactor, dispatch_directly, is_direct
 
 
@@ -83,7 +82,7 @@ def logged_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         calls.append(logger)
         return real(logger, func, *args, **kw)
 
-    monkeypatch.setattr(relayreactor.log, "callWithLogger", recording)
+    monkeypatch.setattr(log, "callWithLogger", recording)
     return calls
 
 

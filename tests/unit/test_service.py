@@ -23,7 +23,6 @@ from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
-from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -124,13 +123,14 @@ def test_pgdata_environment(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_no_data_directory_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, pgdata: str | None
 ) -> None:
-    """Neither -D nor $PGDATA (or an empty one): a UsageError that says what to do."""
+    """Neither -D nor $PGDATA (or an empty one): one pgtls line that says what to do."""
     if pgdata is None:
         monkeypatch.delenv("PGDATA", raising=False)
     else:
         monkeypatch.setenv("PGDATA", pgdata)
-    with pytest.raises(usage.UsageError, match="no data directory: give -D DIR or set PGDATA"):
-        parse([])
+    assert one_line_exit(lambda: parse([])) == (
+        "pgtls: no data directory: give -D DIR or set PGDATA (see twistd pgtls --help)"
+    )
 
 
 def test_port_and_listen_addresses_are_overrides(datadir: Path) -> None:
@@ -164,9 +164,18 @@ def test_c_is_repeatable(datadir: Path) -> None:
 
 @pytest.mark.parametrize("assignment", ["log_connections", "=on", " =on"])
 def test_bad_c_is_a_usage_error(datadir: Path, assignment: str) -> None:
-    """-c without NAME=VALUE is a UsageError naming what was given."""
-    with pytest.raises(usage.UsageError, match="-c takes NAME=VALUE"):
-        parse(["-D", str(datadir), "-c", assignment])
+    """-c without NAME=VALUE is one pgtls line naming what was given."""
+    assert one_line_exit(lambda: parse(["-D", str(datadir), "-c", assignment])) == (
+        f"pgtls: -c takes NAME=VALUE, not {assignment!r} (see twistd pgtls --help)"
+    )
+
+
+@pytest.mark.parametrize("option", ["-x", "--bogus"])
+def test_unknown_option_is_one_line(datadir: Path, option: str) -> None:
+    """An option pgtls does not know: one pgtls line with Twisted's reason and a hint."""
+    assert one_line_exit(lambda: parse(["-D", str(datadir), option])) == (
+        f"pgtls: option {option} not recognized (see twistd pgtls --help)"
+    )
 
 
 # -- listen_addresses --------------------------------------------------------
@@ -224,8 +233,8 @@ def test_unresolvable_name_is_a_startup_error(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(StartupError) as raised:
         listen_descriptions("127.0.0.1,no-such-host.invalid", 5432)
     assert str(raised.value) == (
-        'listen_addresses: could not translate host name "no-such-host.invalid": '
-        f"[Errno {socket.EAI_NONAME}] Name or service not known"
+        'listen_addresses: could not translate host name "no-such-host.invalid", '
+        'service "5432" to address: Name or service not known'
     )
 
 
@@ -287,6 +296,27 @@ def test_make_service_logs_rule_warnings_and_notices(
     missing = datadir / "missing.conf"
     assert f'skipping missing configuration file "{missing}"' in lines
     assert any(line.startswith(f"{datadir / 'pg_hba.conf'}:1: ") for line in lines), lines
+
+
+def test_make_service_warns_of_a_remote_upstream_without_tls(
+    tmp_path: Path, server_cert: certs.Issued
+) -> None:
+    """A TCP upstream off this machine with sslmode below require: one warning at start."""
+    datadir = write_datadir(
+        tmp_path / "data",
+        server_cert,
+        conf=["ssl = off", "pgtls.upstream = 'host=192.0.2.10 port=5432'"],
+        hba=["host all all 0.0.0.0/0 trust"],
+    )
+    with capturedLogs() as events:
+        makeService(parse(["-D", str(datadir)]))
+    warned = [
+        line
+        for line in texts(events)
+        if "the upstream server 192.0.2.10:5432 is not on this machine" in line
+    ]
+    assert len(warned) == 1
+    assert "sslmode=prefer" in warned[0]
 
 
 def one_line_exit(top: Callable[[], object]) -> str:
@@ -353,7 +383,10 @@ def test_make_service_bad_port_override(datadir: Path) -> None:
 def test_make_service_unresolvable_listen_address(
     datadir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A listen address that does not resolve stops the start, before daemonizing."""
+    """
+    A listen address that does not resolve stops the start, before
+    daemonizing, at its source (``command line`` for -h), in PostgreSQL's words.
+    """
 
     def getaddrinfo(*args: Any, **kwargs: Any) -> Any:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
@@ -362,8 +395,30 @@ def test_make_service_unresolvable_listen_address(
     message = one_line_exit(
         lambda: makeService(parse(["-D", str(datadir), "-h", "no-such-host.invalid"]))
     )
-    assert message.startswith(
-        'pgtls: listen_addresses: could not translate host name "no-such-host.invalid"'
+    assert message == (
+        "pgtls: command line: listen_addresses: could not translate host name "
+        '"no-such-host.invalid", service "5432" to address: Name or service not known'
+    )
+
+
+def test_make_service_unresolvable_listen_address_names_its_line(
+    tmp_path: Path, server_cert: certs.Issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """listen_addresses set in postgresql.conf: the error names that file and line."""
+
+    def getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    datadir = write_datadir(
+        tmp_path / "data",
+        server_cert,
+        conf=["ssl = on", "port = 6543", "listen_addresses = 'nosuchhost.invalid'"],
+    )
+    message = one_line_exit(lambda: makeService(parse(["-D", str(datadir)])))
+    assert message == (
+        f"pgtls: {datadir / 'postgresql.conf'}:3: listen_addresses: could not translate host "
+        'name "nosuchhost.invalid", service "6543" to address: Name or service not known'
     )
 
 
@@ -1264,3 +1319,27 @@ def test_stop_service_after_a_shutdown_has_nothing_to_wait_for(datadir: Path) ->
     server.shutdown.stopService().addCallback(result.append)
     assert result == [None]
     assert server.reactor.stops == 1
+
+
+def test_make_service_decides_the_fast_path(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """makeService runs the fast path's self-test (it passes here), unless switched off."""
+    from pgtls import fastpath
+
+    monkeypatch.delenv("PGTLS_FAST_PATH", raising=False)
+    fastpath.set_on(False)
+    makeService(parse(["-D", str(datadir)]))
+    assert fastpath.on()
+    makeService(parse(["-D", str(datadir), "-c", "pgtls.fast_path=off"]))
+    assert not fastpath.on()
+    monkeypatch.setenv("PGTLS_FAST_PATH", "on")
+    makeService(parse(["-D", str(datadir), "-c", "pgtls.fast_path=off"]))
+    assert fastpath.on()
+
+
+def test_make_service_bad_fast_path_environment(
+    datadir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PGTLS_FAST_PATH that is not a boolean stops the start with one line."""
+    monkeypatch.setenv("PGTLS_FAST_PATH", "sometimes")
+    message = one_line_exit(lambda: makeService(parse(["-D", str(datadir)])))
+    assert message == 'pgtls: invalid value for environment variable PGTLS_FAST_PATH: "sometimes"'

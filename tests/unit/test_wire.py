@@ -923,3 +923,76 @@ def test_startup_message_brief_keeps_user_and_database() -> None:
     brief = full.brief()
     assert (brief.user, brief.database, brief.packet) == ("alice", "alice", b"")
     assert brief.application_name is None
+
+
+# -- names longer than PostgreSQL's NAMEDATALEN - 1 ---------------------------
+
+
+def test_names_of_63_bytes_are_kept_with_the_packet_unchanged() -> None:
+    """User and database names of 63 bytes are not cut and the packet is relayed as received."""
+    data = startup_message({"user": "u" * 63, "database": "d" * 63, "application_name": "x" * 80})
+    [event] = read(data)
+    assert isinstance(event, StartupMessage)
+    assert (event.user, event.database) == ("u" * 63, "d" * 63)
+    assert event.packet == data
+
+
+@SPLITTERS
+def test_long_names_are_cut_to_63_bytes_and_the_packet_rebuilt(
+    split: Callable[[bytes], list[bytes]],
+) -> None:
+    """
+    ProcessStartupPacket cuts user and database names to NAMEDATALEN - 1
+    bytes: the event carries the cut names and a packet that differs from
+    the one received in those two values only (order and other values kept).
+    """
+    data = startup_message(
+        [
+            ("user", "u" * 100),
+            ("application_name", "a" * 100),
+            ("database", "d" * 64),
+            ("client_encoding", "UTF8"),
+        ]
+    )
+    [event] = read(data + TRAILING, split)[:1]
+    assert isinstance(event, StartupMessage)
+    assert (event.user, event.database) == ("u" * 63, "d" * 63)
+    assert event.application_name == "a" * 100
+    assert event.packet == startup_message(
+        [
+            ("user", "u" * 63),
+            ("application_name", "a" * 100),
+            ("database", "d" * 63),
+            ("client_encoding", "UTF8"),
+        ]
+    )
+
+
+def test_a_long_user_is_also_the_default_database() -> None:
+    """Without a database the default is the user name, cut the same way."""
+    [event] = read(startup_message({"user": "u" * 100}))
+    assert isinstance(event, StartupMessage)
+    assert (event.user, event.database) == ("u" * 63, "u" * 63)
+    assert event.packet == startup_message({"user": "u" * 63})
+
+
+def test_names_are_cut_bytewise_even_inside_a_character() -> None:
+    """
+    PostgreSQL 15 cuts at byte 63 (not pg_mbcliplen): a two-byte character
+    may be split; the upstream gets the 63 bytes, the name shows the
+    half character as a replacement character.
+    """
+    name = "é" * 40  # 80 bytes in UTF-8
+    [event] = read(startup_message({"user": name}))
+    assert isinstance(event, StartupMessage)
+    assert event.user == "é" * 31 + "\ufffd"
+    cut = name.encode("utf-8")[:63]
+    assert event.packet == packet(PROTOCOL_3_0, b"user\0" + cut + b"\0\0")
+
+
+def test_every_long_occurrence_is_cut() -> None:
+    """A repeated name: the last one counts, and no long one reaches the upstream."""
+    [event] = read(startup_message([("user", "u" * 70), ("user", "bob")]))
+    assert isinstance(event, StartupMessage)
+    assert event.user == "bob"
+    assert event.packet == startup_message([("user", "u" * 63), ("user", "bob")])

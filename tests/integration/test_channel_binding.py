@@ -3,12 +3,10 @@ SCRAM channel binding through pgtls, with real libpq clients (psql 15 and
 psycopg's libpq) and a real PostgreSQL 15 upstream where alice must log in
 with a SCRAM password; and each session's backend PID in pgtls's log.
 
-The upstream leg is TCP: plaintext to a PostgreSQL without SSL, or TLS to a
-PostgreSQL with ``ssl = on``.  The TLS leg is made by stunnel in client mode
-(``protocol = pgsql``: it sends the SSLRequest and speaks TLS to
-PostgreSQL) and, where pgtls.upstream takes ``sslmode``, by pgtls itself.
-Either way the upstream sees a TLS session that is not the client's, so the
-channel-binding matrix is the same:
+The upstream leg is TCP: plaintext to a PostgreSQL without SSL
+(``sslmode=disable``), or pgtls's own TLS leg (``sslmode=verify-full``) to
+a PostgreSQL with ``ssl = on``.  The upstream sees a TLS session that is
+not the client's, so:
 
 - plaintext leg: ``channel_binding=prefer`` works, ``require`` fails;
 - TLS leg, another certificate upstream: a binding client is refused
@@ -17,18 +15,14 @@ channel-binding matrix is the same:
 - TLS leg, pgtls's certificate and key on the upstream too: binding works
   end to end, ``require`` included.
 
-On pgtls's own TLS leg, pgtls also compares the certificates and says so.
+pgtls also compares the certificates and says so, in its log and in
+``pgtls check``.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +30,10 @@ import pytest
 from pgserver import ALICE, ALICE_PASSWORD, TEST_DB, PostgresServer, find_bindir
 from pgtlsproc import PgtlsServer, Pki, free_port, make_datadir
 from test_libpq import RUNNERS, Runner
+from tlsupstream import UpstreamPki
 
 from pgtls import certs
-from pgtls.conninfo import parse_conninfo
+from pgtls.check import check_report
 
 CHECK_FAILED = "SCRAM channel binding check failed"
 NOT_OFFERED = (
@@ -52,31 +47,16 @@ PGTLS_EXPLAINS = (
     "must connect with channel_binding=disable, or pgtls must present the upstream's "
     "own certificate and key (ssl_cert_file, ssl_key_file)"
 )
-_START_TIMEOUT = 20.0
-
-
-def _upstream_tls() -> bool:
-    """Whether pgtls.upstream takes libpq's sslmode (pgtls with a TLS upstream leg)."""
-    try:
-        parse_conninfo("host=127.0.0.1 sslmode=require")
-    except ValueError:
-        return False
-    return True
-
-
-UPSTREAM_TLS = _upstream_tls()
-#: Who makes the TLS upstream leg: stunnel between pgtls and PostgreSQL, and
-#: pgtls itself where it can.
-LEGS = ["pgtls", "stunnel"] if UPSTREAM_TLS else ["stunnel"]
 
 
 def plaintext_leg(port: int) -> str:
-    """
-    pgtls.upstream for a plaintext TCP leg to 127.0.0.1:``port``: with
-    sslmode=disable where pgtls knows sslmode, whose default (prefer) would
-    try TLS first.
-    """
-    return f"host=127.0.0.1 port={port}" + (" sslmode=disable" if UPSTREAM_TLS else "")
+    """pgtls.upstream for a plaintext TCP leg to 127.0.0.1:``port``."""
+    return f"host=127.0.0.1 port={port} sslmode=disable"
+
+
+def tls_leg(port: int, root_cert: Path) -> str:
+    """pgtls.upstream for pgtls's own TLS leg to 127.0.0.1:``port``, verified as libpq would."""
+    return f"host=127.0.0.1 port={port} sslmode=verify-full sslrootcert={root_cert}"
 
 
 @pytest.fixture(params=sorted(RUNNERS))
@@ -104,99 +84,12 @@ def alice(server: PgtlsServer, channel_binding: str, no_root_cert: str) -> dict[
     }
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {port} within {_START_TIMEOUT}s")
-
-
-def stunnel() -> str:
-    """stunnel's executable (Debian's stunnel4 package, which scripts/test installs)."""
-    for name in ("stunnel4", "stunnel"):
-        found = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/sbin")
-        if found:
-            return found
-    pytest.fail("stunnel not found: install Debian's stunnel4 package", pytrace=False)
-
-
-def tls_leg(executable: str, root: Path, upstream: PostgresServer) -> Iterator[int]:
-    """
-    stunnel in client mode on 127.0.0.1: plaintext in, PostgreSQL's
-    SSLRequest and TLS out to ``upstream``; yields its port, stops it after.
-    """
-    port = free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    config = root / "stunnel.conf"
-    config.write_text(
-        "\n".join(
-            [
-                "foreground = yes",
-                "pid =",
-                "debug = 4",
-                f"output = {root / 'stunnel.log'}",
-                "[upstream]",
-                "client = yes",
-                f"accept = 127.0.0.1:{port}",
-                f"connect = 127.0.0.1:{upstream.port}",
-                "protocol = pgsql",
-            ]
-        )
-        + "\n"
-    )
-    process = subprocess.Popen(
-        [executable, str(config)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_listening(port, process, "stunnel")
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 def pgtls_in_front_of(root: Path, pki: Pki, upstream: str) -> Iterator[PgtlsServer]:
     """pgtls (ssl on, pki's certificate) relaying to the conninfo ``upstream``."""
     listen = free_port()
     datadir = make_datadir(root, pki, upstream, port=listen)
     with PgtlsServer(datadir, listen) as server:
         yield server
-
-
-@dataclass(frozen=True)
-class Front:
-    """pgtls in front of a TLS upstream leg, and who makes the leg."""
-
-    server: PgtlsServer
-    leg: str
-
-
-def tls_leg_pgtls(leg: str, root: Path, pki: Pki, upstream: PostgresServer) -> Iterator[Front]:
-    """
-    pgtls in front of ``upstream`` over a TLS leg: its own (``sslmode=require``
-    in pgtls.upstream), or stunnel's in between.
-    """
-    if leg == "pgtls":
-        conninfo = f"host=127.0.0.1 port={upstream.port} sslmode=require"
-        for server in pgtls_in_front_of(root / "pgtls", pki, conninfo):
-            yield Front(server, leg)
-        return
-    for port in tls_leg(stunnel(), root / "stunnel", upstream):
-        for server in pgtls_in_front_of(root / "pgtls", pki, plaintext_leg(port)):
-            yield Front(server, leg)
 
 
 def upstream_server(**options: Any) -> PostgresServer:
@@ -259,47 +152,45 @@ def test_the_session_line_names_the_backend_pid(
 # -- a TLS upstream leg, another certificate ---------------------------------
 
 
-@pytest.fixture(scope="module", params=LEGS)
-def other_cert_leg(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pki: Pki
-) -> Iterator[Front]:
-    """pgtls over a TLS leg to a PostgreSQL with a certificate of its own."""
+@pytest.fixture(scope="module")
+def other_cert_leg(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[PgtlsServer]:
+    """pgtls over its TLS leg to a PostgreSQL with a certificate of its own (another CA)."""
     root = tmp_path_factory.mktemp("other-cert-leg")
-    own = certs.issue_server_cert(certs.make_ca("upstream CA"), ["db.internal"])
-    certs.write_pem(str(root / "db.crt"), own.cert)
-    certs.write_key(str(root / "db.key"), own.key)
-    with upstream_server(ssl_cert_file=root / "db.crt", ssl_key_file=root / "db.key") as pg:
-        yield from tls_leg_pgtls(request.param, root, pki, pg)
+    upstream_pki = UpstreamPki(root / "upstream-pki")
+    with upstream_server(
+        ssl_cert_file=upstream_pki.server_cert, ssl_key_file=upstream_pki.server_key
+    ) as pg:
+        yield from pgtls_in_front_of(root / "pgtls", pki, tls_leg(pg.port, upstream_pki.ca_file))
 
 
 def test_binding_to_pgtls_certificate_is_refused_and_explained(
-    client: Runner, other_cert_leg: Front, no_root_cert: str
+    client: Runner, other_cert_leg: PgtlsServer, no_root_cert: str
 ) -> None:
     """
     channel_binding=prefer over a TLS leg: the upstream offers PLUS, the
     client binds to pgtls's certificate, the upstream refuses; pgtls's log
-    says why and what to do.
+    says why and what to do, and warned once of the certificates.
     """
-    outcome = client(alice(other_cert_leg.server, "prefer", no_root_cert), password=ALICE_PASSWORD)
+    outcome = client(alice(other_cert_leg, "prefer", no_root_cert), password=ALICE_PASSWORD)
     assert not outcome.connected
     assert f"FATAL:  {CHECK_FAILED}" in outcome.error
-    log = other_cert_leg.server.wait_for_log(PGTLS_EXPLAINS)
-    if other_cert_leg.leg == "pgtls":
-        # pgtls's own leg saw the upstream's certificate, and warned once.
-        verdict = "[pgtls.frontdoor.FrontDoorFactory#warn] channel binding: pgtls's certificate"
-        assert log.count(verdict) == 1, log
+    log = other_cert_leg.wait_for_log(PGTLS_EXPLAINS)
+    verdict = "[pgtls.frontdoor.FrontDoorFactory#warn] channel binding: pgtls's certificate"
+    assert log.count(verdict) == 1, log
 
 
-def test_require_is_refused_too(client: Runner, other_cert_leg: Front, no_root_cert: str) -> None:
+def test_require_is_refused_too(
+    client: Runner, other_cert_leg: PgtlsServer, no_root_cert: str
+) -> None:
     """channel_binding=require: the same refusal."""
-    outcome = client(alice(other_cert_leg.server, "require", no_root_cert), password=ALICE_PASSWORD)
+    outcome = client(alice(other_cert_leg, "require", no_root_cert), password=ALICE_PASSWORD)
     assert not outcome.connected
     assert f"FATAL:  {CHECK_FAILED}" in outcome.error
 
 
-def test_disable_works(client: Runner, other_cert_leg: Front, no_root_cert: str) -> None:
+def test_disable_works(client: Runner, other_cert_leg: PgtlsServer, no_root_cert: str) -> None:
     """channel_binding=disable, as pgtls's log advises: SCRAM without binding, logged in."""
-    outcome = client(alice(other_cert_leg.server, "disable", no_root_cert), password=ALICE_PASSWORD)
+    outcome = client(alice(other_cert_leg, "disable", no_root_cert), password=ALICE_PASSWORD)
     assert outcome.connected, outcome.error
     assert (outcome.ssl, outcome.value) == (True, ALICE)
 
@@ -307,36 +198,59 @@ def test_disable_works(client: Runner, other_cert_leg: Front, no_root_cert: str)
 # -- a TLS upstream leg, pgtls's own certificate -----------------------------
 
 
-@pytest.fixture(scope="module", params=LEGS)
-def shared_cert_leg(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pki: Pki
-) -> Iterator[Front]:
-    """pgtls over a TLS leg to a PostgreSQL that presents pgtls's certificate and key."""
+@pytest.fixture(scope="module")
+def shared_cert_leg(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[PgtlsServer]:
+    """pgtls over its TLS leg to a PostgreSQL that presents pgtls's certificate and key."""
     root = tmp_path_factory.mktemp("shared-cert-leg")
     certs.write_pem(str(root / "server.crt"), pki.server.cert)
     certs.write_key(str(root / "server.key"), pki.server.key)
     with upstream_server(ssl_cert_file=root / "server.crt", ssl_key_file=root / "server.key") as pg:
-        yield from tls_leg_pgtls(request.param, root, pki, pg)
+        yield from pgtls_in_front_of(root / "pgtls", pki, tls_leg(pg.port, pki.ca_file))
 
 
 @pytest.mark.parametrize("channel_binding", ["prefer", "require"])
 def test_a_shared_certificate_binds_end_to_end(
-    client: Runner, shared_cert_leg: Front, no_root_cert: str, channel_binding: str
+    client: Runner, shared_cert_leg: PgtlsServer, no_root_cert: str, channel_binding: str
 ) -> None:
     """
     The same certificate and key on pgtls and the upstream: the client's
     tls-server-end-point hash is the upstream's, and binding passes,
     channel_binding=require included.
     """
-    params = alice(shared_cert_leg.server, channel_binding, no_root_cert)
+    params = alice(shared_cert_leg, channel_binding, no_root_cert)
     outcome = client(params, password=ALICE_PASSWORD)
     assert outcome.connected, outcome.error
     assert (outcome.ssl, outcome.value) == (True, ALICE)
-    log = shared_cert_leg.server.log_text()
+    log = shared_cert_leg.log_text()
     assert "refused SCRAM channel binding" not in log
     assert "channel binding: pgtls's certificate" not in log
-    if shared_cert_leg.leg == "pgtls":
-        assert (
-            "[pgtls.frontdoor.FrontDoorFactory#info] channel binding: pgtls presents the "
-            "upstream's own certificate"
-        ) in log
+    assert (
+        "[pgtls.frontdoor.FrontDoorFactory#info] channel binding: pgtls presents the "
+        "upstream's own certificate"
+    ) in log
+
+
+def test_the_session_line_names_the_backend_pid_on_a_tls_leg(
+    client: Runner, shared_cert_leg: PgtlsServer, no_root_cert: str
+) -> None:
+    """
+    On a TLS leg too (relayed by the fast path when it is on), backend_pid
+    in the session line is the session's own pg_backend_pid().
+    """
+    params = alice(shared_cert_leg, "require", no_root_cert)
+    outcome = client(params, "select pg_backend_pid()", password=ALICE_PASSWORD)
+    assert outcome.connected, outcome.error
+    pid = int(outcome.value)
+    log = shared_cert_leg.wait_for_log(f" backend_pid={pid} ")
+    (line,) = [line for line in log.splitlines() if f" backend_pid={pid} " in line]
+    assert "ssl=on" in line and "outcome=relayed" in line
+
+
+def test_check_reports_the_certificates(
+    other_cert_leg: PgtlsServer, shared_cert_leg: PgtlsServer
+) -> None:
+    """pgtls check's probe: a warning for another certificate, a note for pgtls's own."""
+    other = check_report(str(other_cert_leg.datadir))
+    assert "  warning: channel binding: pgtls's certificate (subject CN=localhost" in other
+    shared = check_report(str(shared_cert_leg.datadir))
+    assert "  note: channel binding: pgtls presents the upstream's own certificate" in shared

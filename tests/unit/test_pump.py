@@ -458,3 +458,26 @@ def test_both_legs_tls_are_pumped(tls_pair: TLSPair, tls_upstream: TLSPair) -> N
     assert (counts.bytes_up, counts.bytes_down) == (8, len(answer))
     made.stop()
     assert "doRead" not in tls_upstream.transport.__dict__
+
+
+def test_a_watcher_on_a_tls_upstream_leg_sees_the_plaintext(
+    tls_pair: TLSPair, tls_upstream: TLSPair
+) -> None:
+    """
+    A TLS upstream leg: the watcher is shown what was decrypted and relayed,
+    not the records; when it has enough, the plain upstream_read reads again.
+    """
+    counts = Counts()
+    watcher = Watcher(reads=2)
+    made = pump.start(tls_pair.transport, tls_upstream.transport, counts, counts, watcher)
+    assert made is not None
+    assert tls_upstream.transport.doRead == made.upstream_read_watched
+    for data in (b"R\0\0\0\x08\0\0\0\0", b"Z\0\0\0\x05I", b"after"):
+        tls_upstream.client.sendall(data)
+        tls_upstream.pair.peer.sendall(tls_upstream.client.bio_read(1 << 20))
+        assert tls_upstream.transport.doRead() is None
+    assert watcher.seen == [b"R\0\0\0\x08\0\0\0\0", b"Z\0\0\0\x05I"]
+    assert made.watch is None
+    assert tls_upstream.transport.doRead == made.upstream_read
+    assert tls_pair.receive() == b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05Iafter"
+    assert counts.bytes_down == 9 + 6 + 5

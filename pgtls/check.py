@@ -10,12 +10,12 @@ from collections.abc import Callable, Mapping
 
 from cryptography import x509
 
-from pgtls import conf
+from pgtls import channelbinding, conf
 from pgtls.listening import configured_listen_descriptions
 from pgtls.loader import ServerConfig, load_server_config
 from pgtls.upstreamcheck import probe_upstream
 
-__all__ = ["check_report"]
+__all__ = ["channel_binding_lines", "check_report"]
 
 
 def check_report(
@@ -43,11 +43,18 @@ def check_report(
     for notice in config.settings.notices:
         lines.append(f"  note: {notice}")
     lines += _tls_lines(config)
+    if not config.settings.upstream.uses_tls:
+        # A Unix socket or sslmode=disable: never TLS (as in libpq).
+        lines += channel_binding_lines(config, None)
     lines.append(f"pg_hba.conf: {len(config.rules)} rule(s)")
     lines += [f"  warning: {warning}" for warning in config.rules.warnings]
     if probe:
         # A warning at most: the upstream may start later than pgtls.
-        lines += probe_upstream(config.settings.upstream, config.upstream_tls)
+        lines += probe_upstream(
+            config.settings.upstream,
+            config.upstream_tls,
+            server_cert=config.tls.certificate if config.tls is not None else None,
+        )
     lines.append("pgtls check: OK, the server would start")
     return "\n".join(lines) + "\n"
 
@@ -81,3 +88,17 @@ def _tls_lines(config: ServerConfig) -> list[str]:
     else:
         lines.append("  client certificates: not requested (no root certificate file)")
     return lines
+
+
+def channel_binding_lines(
+    config: ServerConfig, upstream_cert: x509.Certificate | None
+) -> list[str]:
+    """
+    What SCRAM channel binding does through pgtls (see
+    pgtls.channelbinding.report_lines).
+
+    @param upstream_cert: the certificate the upstream presented on a TLS
+        upstream leg; None when the leg is not TLS.
+    """
+    ours = config.tls.certificate if config.tls is not None else None
+    return channelbinding.report_lines(ours, upstream_cert)

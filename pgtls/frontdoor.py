@@ -18,6 +18,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import (
     IAddress,
@@ -30,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pgtls import hba, wire
+from pgtls import backendstart, channelbinding, hba, wire
 from pgtls.conf import Settings
 from pgtls.conninfo import Upstream
 from pgtls.fastwrite import send_or_queue, start_tls
@@ -136,6 +137,27 @@ class FrontDoorFactory(Factory):
         self.metrics = metrics
         # The upstream leg's TLS client context; None when it never uses TLS.
         self.upstream_tls = upstream_tls
+        # The upstream certificate last judged for channel binding.
+        self._upstream_certificate: x509.Certificate | None = None
+
+    def upstream_certificate_seen(self, cert: x509.Certificate) -> None:
+        """
+        The upstream presented ``cert`` in a TLS handshake: say once, for
+        each new one, whether SCRAM channel binding can pass through pgtls
+        (see pgtls.channelbinding).  Called by the upstream leg after each
+        handshake; a repeat costs one comparison of DER bytes.
+        """
+        if cert == self._upstream_certificate:
+            return
+        self._upstream_certificate = cert
+        ours = self.tls.certificate if self.tls is not None else None
+        if ours is None:
+            return  # no TLS for clients: none of them can bind
+        verdict = channelbinding.verdict(ours, cert)
+        if verdict.warning:
+            self.log.warn("channel binding: {verdict}", verdict=verdict.text)
+        else:
+            self.log.info("channel binding: {verdict}", verdict=verdict.text)
 
     def upstream_endpoint(self) -> IStreamClientEndpoint:
         """
@@ -216,6 +238,10 @@ class FrontDoor(Protocol):
         self.startup: wire.StartupMessage | None = None
         self.upstream: UpstreamProtocol | None = None
         self.pump: Pump | None = None
+        # The upstream's startup messages, read until the session is ready
+        # or refused; then dropped (see _watch_upstream).
+        self._backend: backendstart.BackendStartReader | None = None
+        self.backend_pid: int | None = None
         self.bytes_up = 0
         # How the connection ended, for the session summary and the metrics:
         # a fixed word, the reason label that goes with it (a refusal's kind,
@@ -611,19 +637,63 @@ class FrontDoor(Protocol):
         # StartupMessage) nor more of the message than its last log line needs.
         self._reader = None
         self.startup = self.startup.brief()
+        self._backend = backendstart.BackendStartReader(parameters=False)
         splice(self.transport, upstream.transport)
         if upstream.pending:
             upstream.bytes_down += len(upstream.pending)
             self.transport.write(upstream.pending)
+            # What the leg read to learn whether the upstream took the
+            # StartupMessage: the first of the messages to watch.
+            self._watch_upstream(upstream.pending)
             upstream.pending = b""
+        watch = self._watch_upstream if self._backend is not None else None
         if upstream.tls:
             # Through the leg's TLS layer: its socket carries only records.
             if first:
                 upstream.transport.write(first)
         elif first:
             send_or_queue(upstream.transport, first, upstream.transport.write)
-        self.pump = start_pump(self.transport, upstream.transport, self, upstream)
+        self.pump = start_pump(self.transport, upstream.transport, self, upstream, watch)
+        # Also with a pump: what it leaves to a TLS leg's own layer (a read
+        # before the layer is ready, close_notify) reaches the protocol.
+        upstream.watch = watch
+        if upstream.peer_certificate is not None:
+            self.door.upstream_certificate_seen(upstream.peer_certificate)
         self.transport.resumeProducing()
+
+    def _watch_upstream(self, data: bytes | memoryview) -> bool:
+        """
+        Read what the upstream sent the client (already relayed) until the
+        session is ready or refused; return whether to go on watching.
+        """
+        reader = self._backend
+        if reader is None:
+            return False
+        reader.receive_data(data)
+        while (event := reader.next_event()) is not backendstart.NEED_DATA:
+            if isinstance(event, backendstart.BackendKeyData):
+                self.backend_pid = event.process_id
+            elif isinstance(event, backendstart.ErrorResponse):
+                self._upstream_refused(event)
+        if reader.done:
+            self._backend = None
+            return False
+        return True
+
+    def _upstream_refused(self, error: backendstart.ErrorResponse) -> None:
+        """The upstream ended the session at its start: say why when pgtls is the cause."""
+        refusal = backendstart.channel_binding_refusal(error)
+        if refusal is None:
+            return
+        self.log.warn(
+            "upstream refused SCRAM channel binding for host={host} user={user}: {message}: "
+            "{why}; {remedy}",
+            host=str(self.address),
+            user=self.startup.user if self.startup else None,
+            message=error.message,
+            why=refusal.why,
+            remedy=backendstart.CHANNEL_BINDING_REMEDY,
+        )
 
     def upstream_lost(self, reason: Failure) -> None:
         """The upstream closed: so does the client, once its data is sent."""
@@ -789,16 +859,18 @@ class FrontDoor(Protocol):
             "bytes_up": self.bytes_up,
             "bytes_down": bytes_down,
             "duration": elapsed,
+            "backend_pid": self.backend_pid,
         }
         # str.format writes the text at once; Twisted's formatter would take
         # its template apart in Python, field by field, for every connection.
         template = _SUMMARY_SSL if info else _SUMMARY_PLAIN
+        pid = "" if self.backend_pid is None else f" backend_pid={self.backend_pid}"
         if startup is None:
             # No StartupMessage: the text shows the names as PostgreSQL's
             # log_line_prefix shows missing ones (%u, %d); JSON keeps null.
-            summary = template.format(**{**fields, "user": _UNKNOWN, "database": _UNKNOWN})
+            summary = template.format(**{**fields, "user": _UNKNOWN, "database": _UNKNOWN}, pid=pid)
         else:
-            summary = template.format(**fields)
+            summary = template.format(**fields, pid=pid)
         self.log.info("session {summary}", summary=summary, **fields)
 
 
@@ -806,7 +878,7 @@ class FrontDoor(Protocol):
 _UNKNOWN = "[unknown]"
 
 _SUMMARY_FIELDS = (
-    "outcome={outcome} bytes_up={bytes_up} bytes_down={bytes_down} "
+    "outcome={outcome}{pid} bytes_up={bytes_up} bytes_down={bytes_down} "
     "duration={duration:.3f}: {detail}"
 )
 _SUMMARY_SSL = (

@@ -13,9 +13,9 @@ Twisted to show it.
 Every connection ends with one ``session`` event at level info, the access
 log (see pgtls.frontdoor), with the fields peer, host, port, proxy (the
 load balancer's address, see pgtls.proxyheader), user, database, ssl,
-protocol, cipher, outcome, reason, detail, bytes_up, bytes_down and
-duration, and summary: the text after ``session``, formatted when the
-event is made.
+protocol, cipher, outcome, reason, detail, bytes_up, bytes_down, duration,
+backend_pid (the upstream backend's process ID, or None) and summary: the
+text after ``session``, formatted when the event is made.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ reaches them only through :mod:`pgtls._internals`, and runs only when
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import main
@@ -70,7 +71,13 @@ if _ffi is not None:
     _UPSTREAM_PTR = _ffi.from_buffer(_UPSTREAM)
 
 
-def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pump | None:
+def start(
+    client: Any,
+    upstream: Any,
+    up_counter: Any,
+    down_counter: Any,
+    watch: Callable[[Any], bool] | None = None,
+) -> Pump | None:
     """
     Put the fast path on a relayed session's two transports.
 
@@ -79,6 +86,8 @@ def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pum
     :param up_counter: has ``bytes_up``, the plaintext bytes sent upstream.
     :param down_counter: has ``bytes_down``, the plaintext bytes relayed to
         the client.
+    :param watch: shown the plaintext the upstream sent, once relayed, until
+        it returns False (see :meth:`Pump.upstream_read_watched`).
     :return: the pump, to :meth:`Pump.stop` when the session stops relaying;
         None when the fast path is off or the transports are not socket
         transports, so the session stays on Twisted's path.
@@ -92,7 +101,7 @@ def start(client: Any, upstream: Any, up_counter: Any, down_counter: Any) -> Pum
     for tls in (client_tls, upstream_tls):
         if tls is not None and not _internals.has_tls_connection(tls):
             return None
-    return Pump(client, client_tls, upstream, up_counter, down_counter, upstream_tls)
+    return Pump(client, client_tls, upstream, up_counter, down_counter, upstream_tls, watch)
 
 
 class _Side:
@@ -113,7 +122,7 @@ class Pump:
     """The fast path of one relayed session; see the module's text."""
 
     # Every idle session keeps one.
-    __slots__ = ("client", "down_counter", "up_counter", "upstream")
+    __slots__ = ("client", "down_counter", "up_counter", "upstream", "watch")
 
     def __init__(
         self,
@@ -123,13 +132,15 @@ class Pump:
         up_counter: Any,
         down_counter: Any,
         upstream_tls: Any = None,
+        watch: Callable[[Any], bool] | None = None,
     ) -> None:
         self.client = _Side(client, client_tls)
         self.upstream = _Side(upstream, upstream_tls)
         self.up_counter = up_counter
         self.down_counter = down_counter
+        self.watch = watch
         client.doRead = self.client_read
-        upstream.doRead = self.upstream_read
+        upstream.doRead = self.upstream_read if watch is None else self.upstream_read_watched
         dispatch_directly(client)
         dispatch_directly(upstream)
 
@@ -148,6 +159,69 @@ class Pump:
         return self._read(
             self.upstream, self.client, _UPSTREAM, _UPSTREAM_VIEW, _UPSTREAM_PTR, False
         )
+
+    def upstream_read_watched(self) -> object:
+        """
+        :meth:`upstream_read`, and what it relayed shown to ``watch``; once
+        ``watch`` has seen enough, :meth:`upstream_read` alone, so a session
+        watched at its start costs nothing more after it.
+        """
+        side = self.upstream
+        if side.tls is not None:
+            return self._read_tls_watched(side)
+        counter = self.down_counter
+        before = counter.bytes_down
+        result = self.upstream_read()
+        size = counter.bytes_down - before
+        # The shared buffer holds this read's bytes until the next read.
+        if size:
+            self._show(_UPSTREAM_VIEW[:size])
+        return result
+
+    def _read_tls_watched(self, side: _Side) -> object:
+        """
+        A TLS leg's read while watched: :meth:`_read` and :meth:`_decrypt`,
+        each decrypted piece shown to ``watch`` once relayed.  What goes to
+        the TLS layer instead (before the handshake, at close_notify or an
+        error) reaches the relay's protocol, which shows it to the same
+        watch (pgtls.relay.UpstreamProtocol.watch).
+        """
+        transport = side.transport
+        if not tls_ready(side.tls):
+            return type(transport).doRead(transport)
+        try:
+            count = transport.socket.recv_into(_UPSTREAM)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not count:
+            return main.CONNECTION_DONE
+        ssl = side.ssl
+        client = self.client
+        _lib.BIO_write(side.into_ssl, _UPSTREAM_PTR, count)
+        while True:
+            size = _lib.SSL_read(ssl, _PLAIN, _READ)
+            if size <= 0:
+                break
+            self.down_counter.bytes_down += size
+            plain = _ffi.buffer(_PLAIN, size)
+            self._send(client, plain, _PLAIN, size)
+            if self.watch is not None:
+                # _send sent or copied the bytes; _PLAIN still holds them.
+                self._show(memoryview(plain))
+        if _lib.SSL_get_error(ssl, size) != _WANT_READ:
+            tls_read_again(side.tls)
+        elif _lib.BIO_get_mem_data(side.from_ssl, _NULL) > 0:
+            self._send_records(side)
+        return None
+
+    def _show(self, data: memoryview) -> None:
+        """Show relayed bytes to ``watch``; when it has seen enough, stop watching."""
+        watch = self.watch
+        if watch is not None and not watch(data):
+            self.watch = None
+            self.upstream.transport.doRead = self.upstream_read
 
     def _count(self, up: bool, size: int) -> None:
         if up:

@@ -10,6 +10,7 @@ side pauses reading on the other and neither side buffers without bound.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -155,6 +156,9 @@ class UpstreamProtocol(Protocol):
     #: refuses it, see pgtls.upstreamleg), and read ``pending`` after it.
     startup_sent = False
     pending = b""
+    #: Shown the upstream's bytes, once relayed, until it returns False
+    #: (without a pump; the pump shows them itself).
+    watch: Callable[[bytes], bool] | None = None
 
     def __init__(self) -> None:
         self.bytes_down = 0
@@ -166,6 +170,8 @@ class UpstreamProtocol(Protocol):
         # Reached only without a pump (see FrontDoor.upstream_connected).
         self.bytes_down += len(data)
         self.client.transport.write(data)
+        if self.watch is not None and not self.watch(data):
+            self.watch = None
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         self.client.upstream_lost(reason)

@@ -185,13 +185,13 @@ class ServerTLS:
     fails the handshake; no certificate does not).  ``require_client_cert``:
     on top of that, ``pgtls.clientcert = required``, so the shell refuses a
     client without a certificate after the handshake (FATAL 28000).
+    ``certificate``: the server certificate clients see (what SCRAM channel
+    binding hashes), None if only OpenSSL's chain reader understood the file.
     """
 
     context: SSL.Context
     verify_clients: bool
     require_client_cert: bool
-    #: pgtls's own server certificate (the first of ssl_cert_file), to compare
-    #: with the upstream's (channel binding); None if only OpenSSL read it.
     certificate: x509.Certificate | None = None
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:

@@ -17,6 +17,7 @@ from datetime import UTC
 from cryptography import x509
 from OpenSSL import SSL
 
+from pgtls import channelbinding
 from pgtls.conninfo import Upstream, format_conninfo
 from pgtls.negotiation import (
     SSL_REQUEST,
@@ -63,10 +64,17 @@ def _is_loopback(host: str) -> bool:
 
 
 def probe_upstream(
-    upstream: Upstream, tls: UpstreamTLS | None, timeout: float = PROBE_TIMEOUT
+    upstream: Upstream,
+    tls: UpstreamTLS | None,
+    timeout: float = PROBE_TIMEOUT,
+    *,
+    server_cert: x509.Certificate | None = None,
 ) -> list[str]:
     """
     Connect to the upstream as a session would and describe what happened.
+
+    @param server_cert: pgtls's own certificate, to say whether SCRAM
+        channel binding can pass (see pgtls.channelbinding).
 
     @return: report lines; those starting ``warning:`` say the upstream
         did not answer or the leg failed.
@@ -75,7 +83,7 @@ def probe_upstream(
     lines += [f"  warning: {warning}" for warning in upstream_warnings(upstream)]
     negotiation = Negotiation(upstream)
     try:
-        lines += _attempt(upstream, tls, negotiation, timeout)
+        lines += _attempt(upstream, tls, negotiation, timeout, server_cert)
     except OSError as error:
         reason = "timeout expired" if isinstance(error, TimeoutError) else error.strerror
         lines.append(
@@ -86,7 +94,11 @@ def probe_upstream(
 
 
 def _attempt(
-    upstream: Upstream, tls: UpstreamTLS | None, negotiation: Negotiation, timeout: float
+    upstream: Upstream,
+    tls: UpstreamTLS | None,
+    negotiation: Negotiation,
+    timeout: float,
+    server_cert: x509.Certificate | None,
 ) -> list[str]:
     with _connect(upstream, timeout) as sock:
         action: Action = negotiation.connected()
@@ -113,13 +125,13 @@ def _attempt(
                     peer.to_cryptography() if peer is not None else None,
                 )
             elif isinstance(action, Ready):
-                return _ready_lines(upstream, negotiation, connection, action)
+                return _ready_lines(upstream, negotiation, connection, action, server_cert)
             elif isinstance(action, Retry):
                 lines = [
                     f"  SSL failed: {action.message}; sslmode=prefer then connects without SSL"
                 ]
                 return lines + _attempt(
-                    upstream, tls, Negotiation(upstream, Attempt.PLAIN), timeout
+                    upstream, tls, Negotiation(upstream, Attempt.PLAIN), timeout, server_cert
                 )
             elif isinstance(action, Fail):
                 return [
@@ -157,10 +169,15 @@ def _ready_lines(
     negotiation: Negotiation,
     connection: SSL.Connection | None,
     ready: Ready,
+    server_cert: x509.Certificate | None,
 ) -> list[str]:
     if not ready.tls or connection is None:
         how = "without SSL" if upstream.uses_tls else "(no SSL on this leg)"
-        return [f"  the upstream server at {upstream.address} answers {how}"]
+        lines = [f"  the upstream server at {upstream.address} answers {how}"]
+        if upstream.uses_tls:
+            # A leg that may use TLS went without: check said nothing yet.
+            lines += channelbinding.report_lines(server_cert, None)
+        return lines
     lines = [
         f"  the upstream server at {upstream.address} answers with SSL "
         f"(protocol={connection.get_protocol_version_name()}, "
@@ -176,6 +193,8 @@ def _ready_lines(
     if verified is None:
         verified = "chain verified" if negotiation.upstream.sslrootcert else "not verified"
     lines.append(f"    verification: {verified}")
+    if cert is not None:
+        lines += channelbinding.report_lines(server_cert, cert)
     with contextlib.suppress(SSL.Error):
         connection.shutdown()
     return lines

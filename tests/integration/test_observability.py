@@ -241,6 +241,7 @@ def test_json_logs(pgtls: PgtlsLauncher) -> None:
     assert relayed["cipher"] == "TLS_AES_256_GCM_SHA384"
     assert relayed["outcome"] == "relayed"
     assert relayed["bytes_up"] > 0 and relayed["bytes_down"] > 0
+    assert isinstance(relayed["backend_pid"], int) and relayed["backend_pid"] > 0
     assert 0 < relayed["duration"] < PROCESS_TIMEOUT
     assert relayed["level"] == "info"
     assert (refusal["user"], refusal["ssl"], refusal["protocol"]) == ("alice", False, None)
@@ -250,6 +251,7 @@ def test_json_logs(pgtls: PgtlsLauncher) -> None:
         "no encryption"
     )
     assert refusal["bytes_down"] == 0
+    assert (probe["backend_pid"], refusal["backend_pid"]) == (None, None)
 
 
 def test_scrape_of_a_stopped_server_fails(pgtls: PgtlsLauncher) -> None:

@@ -7,8 +7,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from pgtls import certs
+from pgtls.check import channel_binding_lines
 from pgtls.cli import main
+from pgtls.loader import load_server_config
 
 
 @pytest.fixture
@@ -93,6 +97,38 @@ def test_check_refuses_a_bad_metrics_listen(
         'pgtls: command line: invalid value for parameter "pgtls.metrics_listen": "tcp:abc": '
         "not a server endpoint string (write one such as tcp:9187:interface=127.0.0.1)\n"
     )
+
+
+def test_check_notes_channel_binding_on_a_unix_socket_upstream(
+    datadir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Unix-socket upstream never uses TLS: prefer works, require fails, and check says so."""
+    capsys.readouterr()
+    assert main(["check", "-D", str(datadir), "-c", "pgtls.upstream=host=/tmp"]) == 0
+    out = capsys.readouterr().out
+    assert "  note: channel binding: the upstream leg is not TLS" in out
+    assert "channel_binding=require fails" in out
+
+
+def test_check_says_nothing_of_channel_binding_with_ssl_off(
+    datadir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Clients never use TLS to pgtls, so never bind: nothing to say."""
+    capsys.readouterr()
+    assert main(["check", "-D", str(datadir), "-c", "ssl=off"]) == 0
+    assert "channel binding" not in capsys.readouterr().out
+
+
+def test_channel_binding_lines_for_a_tls_upstream_leg(datadir: Path) -> None:
+    """The upstream's certificate: a note when it is pgtls's own, a warning when not."""
+    config = load_server_config(str(datadir))
+    ours = x509.load_pem_x509_certificate((datadir / "server.crt").read_bytes())
+    other = certs.issue_server_cert(certs.make_ca("upstream CA"), ["db.internal"]).cert
+    (same,) = channel_binding_lines(config, ours)
+    assert same.startswith("  note: channel binding: pgtls presents the upstream's own")
+    (different,) = channel_binding_lines(config, other)
+    assert different.startswith("  warning: channel binding: pgtls's certificate (subject ")
+    assert "channel_binding=disable" in different
 
 
 def test_check_refuses_an_unresolvable_listen_address(

@@ -52,6 +52,7 @@ SUMMARY_FIELDS = {
     "bytes_up",
     "bytes_down",
     "duration",
+    "backend_pid",
 }
 
 
@@ -173,6 +174,8 @@ def test_summary_of_a_relayed_tls_session(door: Door) -> None:
         "bytes_up": len(ALICE) + 3,
         "bytes_down": 5,
         "duration": 1.5,
+        # What the fake upstream sent is no startup message: no PID.
+        "backend_pid": None,
     }
     assert summary["log_level"] is LogLevel.info
     assert formatEvent(summary) == "session " + summary["summary"]

@@ -220,6 +220,55 @@ def test_plain_session_both_ways(pair: Pair, upstream: Pair) -> None:
     assert (session.counts.bytes_up, session.counts.bytes_down) == (11, 12)
 
 
+# -- watching the upstream's first bytes ---------------------------------------
+
+
+class Watcher:
+    """Keeps what it is shown (copied) and wants ``reads`` reads in all."""
+
+    def __init__(self, reads: int) -> None:
+        self.reads = reads
+        self.seen: list[bytes] = []
+
+    def __call__(self, data: memoryview) -> bool:
+        self.seen.append(bytes(data))
+        return len(self.seen) < self.reads
+
+
+def test_a_watcher_sees_what_was_relayed_until_it_has_enough(
+    tls_pair: TLSPair, upstream: Pair
+) -> None:
+    """
+    The watcher is shown each read of the upstream once it is relayed,
+    unchanged; when it says it has enough, the plain upstream_read reads again.
+    """
+    counts = Counts()
+    watcher = Watcher(reads=2)
+    made = pump.start(tls_pair.transport, upstream.transport, counts, counts, watcher)
+    assert made is not None
+    assert upstream.transport.doRead == made.upstream_read_watched
+    for data in (b"R\0\0\0\x08\0\0\0\0", b"Z\0\0\0\x05I", b"after"):
+        upstream.peer.sendall(data)
+        assert upstream.transport.doRead() is None
+    assert watcher.seen == [b"R\0\0\0\x08\0\0\0\0", b"Z\0\0\0\x05I"]
+    assert made.watch is None
+    assert upstream.transport.doRead == made.upstream_read
+    tls_pair.deliver(tls_pair.pair.peer_read())
+    assert tls_pair.plaintext == b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05Iafter"
+    assert counts.bytes_down == 9 + 6 + 5
+
+
+def test_a_watcher_is_not_shown_an_empty_read(pair: Pair, upstream: Pair) -> None:
+    """A read that finds nothing, or the upstream's EOF, shows the watcher nothing."""
+    counts = Counts()
+    watcher = Watcher(reads=5)
+    pump.start(pair.transport, upstream.transport, counts, counts, watcher)
+    assert upstream.transport.doRead() is None
+    upstream.peer.shutdown(2)
+    assert upstream.transport.doRead() is main.CONNECTION_DONE
+    assert watcher.seen == []
+
+
 # -- upstream to client -------------------------------------------------------
 
 
@@ -409,3 +458,26 @@ def test_both_legs_tls_are_pumped(tls_pair: TLSPair, tls_upstream: TLSPair) -> N
     assert (counts.bytes_up, counts.bytes_down) == (8, len(answer))
     made.stop()
     assert "doRead" not in tls_upstream.transport.__dict__
+
+
+def test_a_watcher_on_a_tls_upstream_leg_sees_the_plaintext(
+    tls_pair: TLSPair, tls_upstream: TLSPair
+) -> None:
+    """
+    A TLS upstream leg: the watcher is shown what was decrypted and relayed,
+    not the records; when it has enough, the plain upstream_read reads again.
+    """
+    counts = Counts()
+    watcher = Watcher(reads=2)
+    made = pump.start(tls_pair.transport, tls_upstream.transport, counts, counts, watcher)
+    assert made is not None
+    assert tls_upstream.transport.doRead == made.upstream_read_watched
+    for data in (b"R\0\0\0\x08\0\0\0\0", b"Z\0\0\0\x05I", b"after"):
+        tls_upstream.client.sendall(data)
+        tls_upstream.pair.peer.sendall(tls_upstream.client.bio_read(1 << 20))
+        assert tls_upstream.transport.doRead() is None
+    assert watcher.seen == [b"R\0\0\0\x08\0\0\0\0", b"Z\0\0\0\x05I"]
+    assert made.watch is None
+    assert tls_upstream.transport.doRead == made.upstream_read
+    assert tls_pair.receive() == b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05Iafter"
+    assert counts.bytes_down == 9 + 6 + 5

@@ -246,25 +246,8 @@ def send_cancel_on(
         protocol.client = sink
         protocol.transport.write(packet)
 
-    def give_up(failure: Failure) -> None:
-        if not done.called:
-            done.callback(None)
-
-    opening.addCallbacks(ready, give_up)
-
-    def on_timeout() -> None:
-        if opened:
-            opened[0].transport.abortConnection()
-        opening.cancel()
-
-    timer = clock.callLater(CANCEL_TIMEOUT, on_timeout)
-
-    def stop_timer(result: None) -> None:
-        if timer.active():
-            timer.cancel()
-
-    done.addCallback(stop_timer)
-    return done
+    opening.addCallback(ready)
+    return _bounded(done, opening, lambda: opened[0].transport if opened else None, clock)
 
 
 def send_cancel(
@@ -279,6 +262,20 @@ def send_cancel(
     done: defer.Deferred[None] = defer.Deferred()
     forwarder = _CancelForwarder(packet, done)
     connecting = endpoint.connect(QuietFactory.forProtocol(lambda: forwarder))
+    return _bounded(done, connecting, lambda: forwarder.transport, clock)
+
+
+def _bounded(
+    done: defer.Deferred[None],
+    connecting: defer.Deferred[Any],
+    transport: Callable[[], Any],
+    clock: IReactorTime,
+) -> defer.Deferred[None]:
+    """
+    Bound a cancel's wait: ``done`` fires with None when the connection
+    fails or after CANCEL_TIMEOUT, when the connection (``transport()``,
+    None until connected) is aborted.
+    """
 
     def give_up(failure: Failure) -> None:
         if not done.called:
@@ -287,8 +284,9 @@ def send_cancel(
     connecting.addErrback(give_up)
 
     def on_timeout() -> None:
-        if forwarder.transport is not None:
-            forwarder.transport.abortConnection()
+        connected = transport()
+        if connected is not None:
+            connected.abortConnection()
         connecting.cancel()
 
     timer = clock.callLater(CANCEL_TIMEOUT, on_timeout)

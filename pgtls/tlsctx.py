@@ -51,6 +51,8 @@ __all__ = [
     "describe_connection",
     "file_setting",
     "load_server_tls",
+    "openssl_reason",
+    "read_file",
     "rfc2253_name",
     "run_passphrase_command",
     "terminal_passphrase",
@@ -409,7 +411,7 @@ def terminal_passphrase(prompt: str) -> str:
             raise TLSConfigError("the terminal gave no pass phrase") from None
 
 
-def _openssl_reason(error: Exception) -> str:
+def openssl_reason(error: Exception) -> str:
     """The first reason in an OpenSSL error queue, as PostgreSQL's SSLerrmessage."""
     queue = error.args[0] if error.args else None
     if isinstance(queue, list):
@@ -419,7 +421,8 @@ def _openssl_reason(error: Exception) -> str:
     return "no SSL error reported"
 
 
-def _read_file(path: str) -> bytes:
+def read_file(path: str) -> bytes:
+    """The bytes of ``path``; OSError as open() raises it."""
     with open(path, "rb") as f:
         return f.read()
 
@@ -439,13 +442,13 @@ def _load_certificate_chain(context: SSL.Context, path: str, shown: str) -> x509
     # OpenSSL 3 reports a missing file with an empty reason: read it here to
     # get "No such file or directory" as PostgreSQL prints it.
     try:
-        data = _read_file(path)
+        data = read_file(path)
     except OSError as error:
         raise failed(error.strerror or str(error)) from None
     try:
         context.use_certificate_chain_file(path)
     except SSL.Error as error:
-        raise failed(_openssl_reason(error)) from None
+        raise failed(openssl_reason(error)) from None
     try:
         return crypto.load_certificate(crypto.FILETYPE_PEM, data).to_cryptography()
     except crypto.Error:
@@ -463,7 +466,7 @@ def _load_private_key(
     shown = file_setting(settings, "ssl_key_file")
     check_key_file_permissions(path, shown=shown)
     try:
-        data = _read_file(path)
+        data = read_file(path)
     except OSError as error:
         raise _key_error(shown, error.strerror or str(error)) from None
     if not _PEM_PRIVATE_KEY.search(data):
@@ -524,7 +527,7 @@ def _parse_key(path: str, data: bytes, passphrase: bytes) -> _PrivateKey:
     try:
         key = crypto.load_privatekey(crypto.FILETYPE_PEM, data, passphrase).to_cryptography_key()
     except crypto.Error as error:
-        raise _key_error(path, _openssl_reason(error)) from None
+        raise _key_error(path, openssl_reason(error)) from None
     except ValueError as error:
         # pyOpenSSL's own complaint, e.g. a passphrase longer than OpenSSL takes.
         raise _key_error(path, str(error)) from None
@@ -588,11 +591,11 @@ def _use_private_key(
     try:
         context.use_privatekey(key)
     except SSL.Error as error:
-        raise _key_error(path, _openssl_reason(error)) from None
+        raise _key_error(path, openssl_reason(error)) from None
     try:
         context.check_privatekey()
     except SSL.Error as error:
-        raise TLSConfigError(f"check of private key failed: {_openssl_reason(error)}") from None
+        raise TLSConfigError(f"check of private key failed: {openssl_reason(error)}") from None
 
 
 def _protocol_version(name: str, value: str) -> int:
@@ -690,14 +693,14 @@ def _load_client_ca(context: SSL.Context, settings: Settings) -> bool:
         return TLSConfigError(f'could not load root certificate file "{shown}": {reason}')
 
     try:
-        _read_file(path)
+        read_file(path)
     except OSError as error:
         raise failed(error.strerror or str(error)) from None
     try:
         context.load_verify_locations(path)
         context.load_client_ca(os.fsencode(path))
     except SSL.Error as error:
-        raise failed(_openssl_reason(error)) from None
+        raise failed(openssl_reason(error)) from None
     context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE)
     return True
 
@@ -716,7 +719,7 @@ def _load_crl(context: SSL.Context, settings: Settings) -> None:
         )
 
     try:
-        _read_file(path)
+        read_file(path)
     except OSError as error:
         raise failed(error.strerror or str(error)) from None
     store = context.get_cert_store()
@@ -725,7 +728,7 @@ def _load_crl(context: SSL.Context, settings: Settings) -> None:
     try:
         store.load_locations(path)
     except crypto.Error as error:
-        raise failed(_openssl_reason(error)) from None
+        raise failed(openssl_reason(error)) from None
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
 

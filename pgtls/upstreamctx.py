@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from pgtls.conninfo import Upstream
 from pgtls.negotiation import ALPN_POSTGRESQL, FailureReason
+from pgtls.tlsctx import openssl_reason, read_file
 
 __all__ = [
     "UpstreamTLS",
@@ -194,7 +195,7 @@ def _load_root(context: SSL.Context, upstream: Upstream) -> bool:
             "disable server certificate verification"
         )
     try:
-        _read(path)
+        read_file(path)
         context.load_verify_locations(path)
     except OSError as error:
         raise UpstreamTLSError(
@@ -202,7 +203,7 @@ def _load_root(context: SSL.Context, upstream: Upstream) -> bool:
         ) from None
     except SSL.Error as error:
         raise UpstreamTLSError(
-            f'could not read root certificate file "{path}": {_openssl_reason(error)}'
+            f'could not read root certificate file "{path}": {openssl_reason(error)}'
         ) from None
     return True
 
@@ -212,7 +213,7 @@ def _load_crl(context: SSL.Context, path: str) -> None:
     if not path:
         return
     try:
-        _read(path)
+        read_file(path)
         store = context.get_cert_store()
         assert store is not None, "a client context always has a store"
         store.load_locations(path)
@@ -222,8 +223,7 @@ def _load_crl(context: SSL.Context, path: str) -> None:
         ) from None
     except crypto.Error as error:
         raise UpstreamTLSError(
-            f'could not load SSL certificate revocation list file "{path}": '
-            f"{_openssl_reason(error)}"
+            f'could not load SSL certificate revocation list file "{path}": {openssl_reason(error)}'
         ) from None
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
@@ -236,7 +236,7 @@ def _load_client_certificate(context: SSL.Context, upstream: Upstream) -> x509.C
     if not cert_path:
         raise UpstreamTLSError(f'sslkey "{key_path}" is set but sslcert is not')
     try:
-        data = _read(cert_path)
+        data = read_file(cert_path)
         context.use_certificate_chain_file(cert_path)
     except OSError as error:
         raise UpstreamTLSError(
@@ -244,7 +244,7 @@ def _load_client_certificate(context: SSL.Context, upstream: Upstream) -> x509.C
         ) from None
     except SSL.Error as error:
         raise UpstreamTLSError(
-            f'could not read certificate file "{cert_path}": {_openssl_reason(error)}'
+            f'could not read certificate file "{cert_path}": {openssl_reason(error)}'
         ) from None
     if not key_path:
         raise UpstreamTLSError(
@@ -253,7 +253,7 @@ def _load_client_certificate(context: SSL.Context, upstream: Upstream) -> x509.C
     check_client_key_permissions(key_path)
     try:
         key = serialization.load_pem_private_key(
-            _read(key_path), password=upstream.sslpassword.encode("utf-8") or None
+            read_file(key_path), password=upstream.sslpassword.encode("utf-8") or None
         )
         context.use_privatekey(key)  # type: ignore[arg-type]
         context.check_privatekey()
@@ -270,7 +270,7 @@ def _load_client_certificate(context: SSL.Context, upstream: Upstream) -> x509.C
     except (ValueError, crypto.Error, SSL.Error) as error:
         reason = "bad decrypt" if upstream.sslpassword else str(error).split("\n", 1)[0]
         if isinstance(error, SSL.Error):
-            reason = _openssl_reason(error)
+            reason = openssl_reason(error)
         raise UpstreamTLSError(f'could not load private key file "{key_path}": {reason}') from None
     try:
         return x509.load_pem_x509_certificate(data)
@@ -316,7 +316,7 @@ def describe_handshake_failure(
         if "Connection was closed cleanly" in text or "Connection lost" in text:
             return FailureReason.CLOSED, "SSL SYSCALL error: EOF detected"
         return FailureReason.HANDSHAKE_FAILED, f"SSL error: {text}"
-    reason = _openssl_reason(error)
+    reason = openssl_reason(error)
     if record is not None and record.error:
         words, label = _VERIFY_ERRORS.get(
             record.error, (f"X509 error {record.error}", FailureReason.CERTIFICATE_INVALID)
@@ -325,18 +325,3 @@ def describe_handshake_failure(
     if reason == "certificate verify failed":
         return FailureReason.CERTIFICATE_INVALID, f"SSL error: {reason}"
     return FailureReason.HANDSHAKE_FAILED, f"SSL error: {reason}"
-
-
-def _openssl_reason(error: Exception) -> str:
-    """The first reason in an OpenSSL error queue, as libpq's SSLerrmessage."""
-    queue = error.args[0] if error.args else None
-    if isinstance(queue, list):
-        for entry in queue:
-            if isinstance(entry, tuple) and len(entry) == 3 and entry[2]:
-                return str(entry[2])
-    return "no SSL error reported"
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()

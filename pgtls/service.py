@@ -34,6 +34,7 @@ from pgtls.loader import StartupError, load_hba, load_server_config
 from pgtls.metrics import metrics_service
 from pgtls.sdnotify import Notifier, monotonic_usec
 from pgtls.shutdown import ShutdownService
+from pgtls.startprobe import StartProbeService
 from pgtls.tlsctx import terminal_passphrase
 from pgtls.upstreamcheck import upstream_warnings
 
@@ -410,6 +411,8 @@ def makeService(options: Options) -> MultiService:
     ReloadService(reactor, factory, dict(options["overrides"]), notify).setServiceParent(top)
     listen = ListenService(reactor, factory, inherited)
     listen.setServiceParent(top)
+    # After the ports: it looks at the upstream once the reactor runs.
+    StartProbeService(reactor, factory).setServiceParent(top)
     notify.setServiceParent(top)
     shutdown = ShutdownService(reactor, factory, notify, listen=listen)
     shutdown.setServiceParent(top)

@@ -254,3 +254,73 @@ def test_check_reports_the_certificates(
     assert "  warning: channel binding: pgtls's certificate (subject CN=localhost" in other
     shared = check_report(str(shared_cert_leg.datadir))
     assert "  note: channel binding: pgtls presents the upstream's own certificate" in shared
+
+
+# -- the check at start, before any client -----------------------------------
+
+# What PostgreSQL 15 would log for a leg closed badly before its startup packet.
+UPSTREAM_COMPLAINTS = ("incomplete startup packet", "could not receive data", "SSL error")
+
+
+def _started_without_clients(
+    root: Path, pki: Pki, upstream_conninfo: str, expected: str
+) -> PgtlsServer:
+    """Start pgtls, wait for ``expected`` in its log (no client connects), stop it."""
+    listen = free_port()
+    with PgtlsServer(make_datadir(root, pki, upstream_conninfo, port=listen), listen) as server:
+        server.wait_for_log(expected)
+    return server
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["other-cert", "shared-cert"])
+def test_the_certificates_are_compared_at_start(tmp_path: Path, pki: Pki, shared: bool) -> None:
+    """
+    At start, before any client, pgtls opens one upstream leg, judges the
+    upstream's certificate (a warning for another one, a note for its own),
+    and closes the leg before any StartupMessage: the upstream complains of
+    nothing.
+    """
+    if shared:
+        certs.write_pem(str(tmp_path / "server.crt"), pki.server.cert)
+        certs.write_key(str(tmp_path / "server.key"), pki.server.key)
+        cert, key, ca = tmp_path / "server.crt", tmp_path / "server.key", pki.ca_file
+        expected = (
+            "[pgtls.frontdoor.FrontDoorFactory#info] channel binding: pgtls presents the "
+            "upstream's own certificate"
+        )
+    else:
+        upstream_pki = UpstreamPki(tmp_path / "upstream-pki")
+        cert, key, ca = upstream_pki.server_cert, upstream_pki.server_key, upstream_pki.ca_file
+        expected = "[pgtls.frontdoor.FrontDoorFactory#warn] channel binding: pgtls's certificate"
+    settings = {"log_connections": "on"}
+    with upstream_server(ssl_cert_file=cert, ssl_key_file=key, settings=settings) as pg:
+        server = _started_without_clients(tmp_path / "pgtls", pki, tls_leg(pg.port, ca), expected)
+        upstream_log = pg.settled_log()
+    log = server.log_text()
+    assert log.count("channel binding:") == 1, log
+    # Only the readiness probe of PgtlsServer.start, which sends nothing, connected.
+    assert "user=[unknown]" in log and "outcome=relayed" not in log, log
+    assert "connection received: host=127.0.0.1" in upstream_log
+    for complaint in UPSTREAM_COMPLAINTS:
+        assert complaint not in upstream_log, upstream_log
+
+
+def test_an_upstream_down_at_start_waits_for_the_first_session(
+    tmp_path: Path, pki: Pki, no_root_cert: str
+) -> None:
+    """The upstream is down at start: one line says so, and pgtls serves all the same."""
+    port = free_port()
+    listen = free_port()
+    datadir = make_datadir(tmp_path, pki, tls_leg(port, pki.ca_file), port=listen)
+    with PgtlsServer(datadir, listen) as server:
+        log = server.wait_for_log("the check waits for the first session")
+        assert (
+            f"channel binding: could not check the upstream server's certificate at start "
+            f"(127.0.0.1:{port}: Connection refused)"
+        ) in log
+        client = RUNNERS[sorted(RUNNERS)[0]]
+        outcome = client(alice(server, "disable", no_root_cert), password=ALICE_PASSWORD)
+        # Served: the FATAL pgtls gives for an unreachable upstream.
+        assert not outcome.connected
+        assert "the database system is not accepting connections" in outcome.error
+        assert server.process is not None and server.process.poll() is None

@@ -411,11 +411,11 @@ def makeService(options: Options) -> MultiService:
     ReloadService(reactor, factory, dict(options["overrides"]), notify).setServiceParent(top)
     listen = ListenService(reactor, factory, inherited)
     listen.setServiceParent(top)
-    # After the ports: it looks at the upstream once the reactor runs.
-    StartProbeService(reactor, factory).setServiceParent(top)
     notify.setServiceParent(top)
     shutdown = ShutdownService(reactor, factory, notify, listen=listen)
     shutdown.setServiceParent(top)
+    # After the ports: it looks at the upstream once the reactor runs.
+    StartProbeService(reactor, factory).setServiceParent(top)
     if metrics is not None:
         metrics.setServiceParent(top)
     HandoverService(reactor, listen, shutdown, metrics).setServiceParent(top)

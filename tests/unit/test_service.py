@@ -36,6 +36,7 @@ from pgtls.relayreactor import is_direct
 from pgtls.sdnotify import Notifier
 from pgtls.service import NotifyService, Options, ReloadService, makeService
 from pgtls.shutdown import ShutdownService
+from pgtls.startprobe import StartProbeService
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 
@@ -266,6 +267,8 @@ def test_make_service(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(notify, NotifyService)
     assert isinstance(shutdown, ShutdownService)
     assert listen.factory is reload.factory is notify.factory is shutdown.factory
+    (probe,) = [service for service in top if isinstance(service, StartProbeService)]
+    assert probe.factory is listen.factory
     assert reload.notify is shutdown.notify is notify
     assert listen.inherited == []
     assert not notify.notifier.enabled

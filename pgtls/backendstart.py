@@ -24,7 +24,9 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, TypeAlias
+
+from pgtls.wire import NEED_DATA, NeedData
 
 __all__ = [
     "BYTE_BUDGET",
@@ -67,20 +69,9 @@ _NOTHING: frozenset[bytes] = frozenset()
 _PARAMETER_STATUS = frozenset((b"S",))
 
 
-class _Sentinel(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return self.value
-
-    __str__ = __repr__
-
-
-#: Returned by :meth:`BackendStartReader.next_event` when more bytes are
-#: needed, and forever once the reader is done.
-NEED_DATA: Final = _Sentinel.NEED_DATA
-#: The type of :data:`NEED_DATA`, for annotations.
-NeedData: TypeAlias = Literal[_Sentinel.NEED_DATA]
+# NEED_DATA (from pgtls.wire, one sentinel for both readers) is returned by
+# BackendStartReader.next_event when more bytes are needed, and forever once
+# the reader is done.
 
 
 # --- events -----------------------------------------------------------------

@@ -13,10 +13,9 @@ client's from then on.
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from cryptography import x509
 from twisted.internet import defer, threads
@@ -27,7 +26,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,7 +34,7 @@ from pgtls import backendstart, channelbinding, hba, wire
 from pgtls.conf import Settings
 from pgtls.conninfo import Upstream
 from pgtls.fastwrite import send_or_queue, start_tls
-from pgtls.metrics import Encryption, Metrics, Outcome, refusal_reason
+from pgtls.metrics import Metrics, refusal_reason
 from pgtls.proxyheader import InvalidProxyHeader, ProxyHeaderReader
 from pgtls.pump import Pump
 from pgtls.pump import start as start_pump
@@ -49,6 +48,36 @@ from pgtls.relay import (
     upstream_endpoint,
 )
 from pgtls.relayreactor import dispatch_directly
+from pgtls.session import (
+    Action,
+    Admit,
+    Close,
+    ConnectionLost,
+    ConnectUpstream,
+    DataReceived,
+    DropUpstream,
+    Ending,
+    Event,
+    ForwardCancel,
+    HandshakeDone,
+    HbaAdmitted,
+    HbaRefused,
+    Log,
+    ProxyHeaderInvalid,
+    ProxyHeaderRead,
+    Relay,
+    Send,
+    Session,
+    Shutdown,
+    StartTLS,
+    State,
+    StopRelay,
+    StopUpstream,
+    TimerFired,
+    UpstreamClosed,
+    UpstreamConnected,
+    UpstreamFailed,
+)
 from pgtls.tlsctx import NoApplicationProtocol, ServerTLS, TLSInfo, describe_connection
 from pgtls.upstreamctx import UpstreamTLS
 from pgtls.upstreamleg import describe_failure, open_upstream
@@ -57,20 +86,17 @@ __all__ = ["FrontDoor", "FrontDoorFactory"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-ALPN_POSTGRESQL = b"postgresql"
+# The session's events without fields: made once, not per connection.
+_UPSTREAM_CONNECTED = UpstreamConnected()
+_HBA_ADMITTED = HbaAdmitted()
+_UPSTREAM_CLOSED = UpstreamClosed()
+_SHUTDOWN = Shutdown()
+_TIMER_FIRED = TimerFired()
+_PROXY_HEADER_READ = ProxyHeaderRead()
+_CONNECTION_LOST = ConnectionLost()
 
-
-class Phase(enum.Enum):
-    """Where a connection is; each input is legal in some phases only."""
-
-    PROXY = "proxy"  # reading a load balancer's PROXY protocol header
-    STARTUP = "startup"  # reading negotiation and startup packets
-    HANDSHAKE = "handshake"  # TLS handshake under way
-    ADMITTING = "admitting"  # pg_hba.conf decision pending (host name lookup)
-    CONNECTING = "connecting"  # upstream connection under way; client paused
-    RELAYING = "relaying"
-    CANCELLING = "cancelling"
-    CLOSED = "closed"
+#: Where a connection is (see pgtls.session.State).
+Phase = State
 
 
 def client_address(address: IAddress) -> tuple[IPAddress, int]:
@@ -92,7 +118,14 @@ def encryption_words(info: TLSInfo | None) -> str:
     return f" SSL enabled (protocol={info.protocol}, cipher={info.cipher}, bits={info.bits})"
 
 
-class FrontDoorFactory(Factory):
+if TYPE_CHECKING:
+    # Twisted 24.7's Factory is not generic at run time.
+    _DoorFactory: TypeAlias = Factory["FrontDoor"]
+else:
+    _DoorFactory = Factory
+
+
+class FrontDoorFactory(_DoorFactory):
     """
     Shared state of the listening side: the settings, rules and TLS context
     in force, the session count, and how to reach the upstream.  A reload
@@ -139,6 +172,23 @@ class FrontDoorFactory(Factory):
         self.upstream_tls = upstream_tls
         # The upstream certificate last judged for channel binding.
         self._upstream_certificate: x509.Certificate | None = None
+
+    # -- what pgtls.session.Session reads when it decides (its Gate) ---------
+
+    @property
+    def max_connections(self) -> int:
+        """The most sessions relayed at once (the settings in force)."""
+        return self.settings.max_connections
+
+    @property
+    def tls_offered(self) -> bool:
+        """Whether clients may use TLS (SSLRequest answered S, direct TLS)."""
+        return self.tls is not None
+
+    @property
+    def require_client_cert(self) -> bool:
+        """Whether a TLS client must present a certificate."""
+        return self.tls is not None and self.tls.require_client_cert
 
     def upstream_certificate_seen(self, cert: x509.Certificate) -> None:
         """
@@ -218,24 +268,26 @@ class FrontDoorFactory(Factory):
 
 @implementer(IHandshakeListener)
 class FrontDoor(Protocol):
-    """One client connection, from its first byte to the end of its session."""
+    """
+    One client connection, from its first byte to the end of its session:
+    it feeds a pgtls.session.Session the connection's events and performs
+    the actions the session returns.
+    """
 
     log = Logger()
     # A TCP transport that startTLS may layer TLS onto.
     transport: Any
+    factory: FrontDoorFactory
 
     def __init__(self, factory: FrontDoorFactory, addr: IAddress) -> None:
-        self.door = factory
+        self.factory = factory
         self.address, self.port = client_address(addr)
-        self.phase = Phase.STARTUP
-        self._reader: wire.StartupReader | None = wire.StartupReader()
+        self.session = Session(factory)
         # The load balancer's address and port, when the client's come from
         # its PROXY protocol header.
         self.proxy: tuple[IPAddress, int] | None = None
         self._proxy_reader: ProxyHeaderReader | None = None
-        self.direct_tls = False
         self.tls_info: TLSInfo | None = None
-        self.startup: wire.StartupMessage | None = None
         self.upstream: UpstreamProtocol | None = None
         self.pump: Pump | None = None
         # The upstream's startup messages, read until the session is ready
@@ -243,47 +295,48 @@ class FrontDoor(Protocol):
         self._backend: backendstart.BackendStartReader | None = None
         self.backend_pid: int | None = None
         self.bytes_up = 0
-        # How the connection ended, for the session summary and the metrics:
-        # a fixed word, the reason label that goes with it (a refusal's kind,
-        # OpenSSL's reason), and the words of the log (PostgreSQL's message).
-        self.outcome: Outcome = "closed"
-        self.reason: str | None = None
-        self.detail = "closed before startup"
-        self.encryption: Encryption = "none"
         self._connect_started = 0.0
-        self._stranded_plaintext = False
         self._counted = False
         self._timer: IDelayedCall | None = None
         self._connecting: defer.Deferred[Any] | None = None
         self._started = factory.reactor.seconds()
 
     @property
+    def phase(self) -> Phase:
+        """The session's state."""
+        return self.session.state
+
+    @property
     def reader(self) -> wire.StartupReader:
         """The first packets' reader, until relaying starts (see upstream_connected)."""
-        assert self._reader is not None, "no startup reading once relaying started"
-        return self._reader
+        return self.session.reader
+
+    @property
+    def startup(self) -> wire.StartupMessage | None:
+        """The client's StartupMessage, once read (brief once relayed)."""
+        return self.session.startup
 
     # -- connection events -------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.door.connections.add(self)
+        self.factory.connections.add(self)
         set_nodelay(self.transport)
         # Its events need no legacy log context: this protocol's lines name
         # their own namespace and host (see pgtls.relayreactor).
         dispatch_directly(self.transport)
-        settings = self.door.settings
-        self._timer = self.door.reactor.callLater(
+        settings = self.factory.settings
+        self._timer = self.factory.reactor.callLater(
             settings.authentication_timeout, self._authentication_timed_out
         )
         if any(self.address in network for network in settings.proxy_protocol_networks):
             # The client's address is in the header: log it once it is read.
-            self.phase = Phase.PROXY
+            self.session = Session(self.factory, proxy=True)
             self._proxy_reader = ProxyHeaderReader()
             return
         self._connection_received()
 
     def _connection_received(self) -> None:
-        if self.door.settings.log_connections:
+        if self.factory.settings.log_connections:
             self.log.info(
                 "connection received: host={host} port={port}",
                 host=str(self.address),
@@ -291,64 +344,40 @@ class FrontDoor(Protocol):
             )
 
     def dataReceived(self, data: bytes) -> None:
-        if self.phase is Phase.RELAYING:
+        state = self.session.state
+        if state is Phase.RELAYING:
             assert self.upstream is not None
             # The pump relays without calling this: only the reads it leaves
             # to the TLS layer (a session that is closing) come here.
             self.bytes_up += len(data)
             self.upstream.transport.write(data)
             return
-        if self.phase in (Phase.ADMITTING, Phase.CONNECTING):
-            # Read before the pause took hold: keep it for the upstream.
-            self.reader.receive_data(data)
-            return
-        if self.phase is Phase.PROXY:
+        if state is Phase.PROXY:
             self._read_proxy_header(data)
             return
-        if self.phase is not Phase.STARTUP:
-            return
-        self.reader.receive_data(data)
-        self._read_packets()
+        self._feed(DataReceived(data))
 
     def handshakeCompleted(self) -> None:
         handle = self.transport.getHandle()
-        self.tls_info = self.door.describe_tls(handle)
-        if self.door.metrics is not None:
-            self.door.metrics.tls_established(self.tls_info)
-        if self._stranded_plaintext:
-            self._refuse(wire.UnencryptedDataAfterSSLRequest())
-            return
-        if self.direct_tls and self.tls_info.alpn != ALPN_POSTGRESQL:
-            self.log.info(
-                "received direct SSL connection request without ALPN protocol "
-                "negotiation extension (host={host})",
-                host=str(self.address),
-            )
-            self._ending("refused", "direct_ssl_no_alpn")
-            self._close("direct SSL without ALPN")
-            return
-        self.reader.encryption_started()
-        self.phase = Phase.STARTUP
-        self._read_packets()
+        self.tls_info = info = self.factory.describe_tls(handle)
+        if self.factory.metrics is not None:
+            self.factory.metrics.tls_established(info)
+        self._feed(HandshakeDone(info.alpn, info.client_cert is not None))
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
-        if self.phase is Phase.HANDSHAKE:
-            self._ending("handshake_failed", _ssl_reason(reason))
-            self.detail = "TLS handshake failed"
+        state = self.session.state
+        if state is Phase.HANDSHAKE:
+            tls_reason = _ssl_reason(reason)
             self.log.info(
                 "could not accept SSL connection: {reason} (host={host})",
-                reason=self.reason,
+                reason=tls_reason,
                 host=str(self.address),
             )
-        elif self.phase is Phase.STARTUP:
-            self._end_of_startup()
-        relaying = self.phase is Phase.RELAYING
+            self._feed(ConnectionLost(tls_reason))
+        else:
+            self._feed(_CONNECTION_LOST)
+        relaying = state is Phase.RELAYING
         self._stop_pump()
-        if relaying:
-            self.detail = "client closed the connection"
-        elif self.phase in (Phase.ADMITTING, Phase.CONNECTING):
-            self.detail = "client left before the session started"
-        self.phase = Phase.CLOSED
         self._stop_timer()
         if self._connecting is not None:
             self._connecting.cancel()
@@ -360,10 +389,56 @@ class FrontDoor(Protocol):
             self.upstream.transport.loseConnection()
         admitted = self._counted
         if self._counted:
-            self.door.sessions -= 1
+            self.factory.sessions -= 1
             self._counted = False
         self._session_end(admitted)
-        self.door.connection_ended(self)
+        self.factory.connection_ended(self)
+
+    # -- driving the session -------------------------------------------------
+
+    def _feed(self, event: Event) -> None:
+        """Give the session one event and perform what it asks, in order."""
+        for action in self.session.handle(event):
+            self._perform(action)
+
+    def _perform(self, action: Action) -> None:
+        if type(action) is Send:
+            self.transport.write(action.data)
+        elif type(action) is Close:
+            if action.graceful:
+                self.transport.loseConnection()
+            # PostgreSQL's backend exits: close_notify, then FIN at once; the
+            # TLS layer alone would wait for the client's close_notify.
+            _close_socket(self.transport)
+        elif type(action) is Log:
+            self.log.emit(
+                LogLevel.warn if action.warn else LogLevel.info,
+                "{message} (host={host})",
+                message=action.message,
+                host=str(self.address),
+            )
+        elif type(action) is StartTLS:
+            self._start_tls(action)
+        elif type(action) is Admit:
+            self._admit(action.startup)
+        elif type(action) is ConnectUpstream:
+            self._connect_upstream()
+        elif type(action) is Relay:
+            self._relay(action)
+        elif type(action) is ForwardCancel:
+            self._cancel(action.packet)
+        elif type(action) is StopRelay:
+            self._stop_pump()
+            # A TLS transport would wait for its producer, the upstream,
+            # before its close_notify, and so never close.
+            self.transport.unregisterProducer()
+        elif type(action) is StopUpstream:
+            assert self.upstream is not None
+            self.upstream.transport.unregisterProducer()
+            # loseConnection stops reading the upstream; its connectionLost
+            # comes later and finds this connection closed.
+            self.upstream.transport.loseConnection()
+        # DropUpstream is upstream_connected's.
 
     # -- the PROXY protocol header -------------------------------------------
 
@@ -386,11 +461,9 @@ class FrontDoor(Protocol):
                 reason=str(error),
             )
             self._proxy_reader = None
-            if self.door.metrics is not None:
-                self.door.metrics.proxy_header("invalid")
-            self._ending("protocol_error")
-            self.detail = str(error)
-            self._close(str(error))
+            if self.factory.metrics is not None:
+                self.factory.metrics.proxy_header("invalid")
+            self._feed(ProxyHeaderInvalid(str(error)))
             return
         if header is wire.NEED_DATA:
             return
@@ -400,132 +473,38 @@ class FrontDoor(Protocol):
         # own address stands, as the specification says.
         if header.source is not None:
             self.address, self.port = header.source
-        if self.door.metrics is not None:
-            self.door.metrics.proxy_header("local" if header.source is None else "proxied")
-        self.phase = Phase.STARTUP
+        if self.factory.metrics is not None:
+            self.factory.metrics.proxy_header("local" if header.source is None else "proxied")
+        self._feed(_PROXY_HEADER_READ)
         self._connection_received()
         if reader.trailing_data:
-            self.reader.receive_data(reader.trailing_data)
-            self._read_packets()
+            self._feed(DataReceived(reader.trailing_data))
 
     # -- the startup phase -------------------------------------------------
 
-    def _end_of_startup(self) -> None:
-        """The client left mid-packet: PostgreSQL logs it (or not), sends nothing."""
-        self.reader.receive_data(b"")
-        try:
-            self.reader.next_event()
-        except wire.ProtocolError as error:
-            self._ending("protocol_error")
-            self.detail = error.message
-            if error.log:
-                self.log.info(
-                    "{message} (host={host})", message=error.message, host=str(self.address)
-                )
-
-    def _read_packets(self) -> None:
-        while self.phase is Phase.STARTUP:
-            try:
-                event = self.reader.next_event()
-            except wire.ProtocolError as error:
-                self._refuse(error)
-                return
-            if event is wire.NEED_DATA:
-                return
-            self._handle(event)
-
-    def _handle(self, event: object) -> None:
-        if isinstance(event, wire.SSLRequest):
-            self._ssl_request()
-        elif isinstance(event, wire.GSSENCRequest):
-            # Built without GSSAPI: PostgreSQL's answer is N and go on.
-            self.transport.write(b"N")
-            if self.reader.buffered:
-                self._refuse(wire.UnencryptedDataAfterGSSENCRequest())
-        elif isinstance(event, wire.DirectTLS):
-            self._direct_tls()
-        elif isinstance(event, wire.CancelRequest):
-            self._cancel(event)
-        elif isinstance(event, wire.StartupMessage):
-            self._admit(event)
-        elif isinstance(event, wire.Closed):
-            self._close("closed before startup")
-
-    def _ssl_request(self) -> None:
-        tls = self.door.tls
-        if tls is None or self.tls_info is not None:
-            # Off, or already inside direct TLS: PostgreSQL 17 answers N.
-            self.transport.write(b"N")
-            if self.reader.buffered:
-                self._refuse(wire.UnencryptedDataAfterSSLRequest())
-            return
-        # The client waits for this byte; TLS is not on yet, so it may go
-        # straight to the socket.
-        send_or_queue(self.transport, b"S", self.transport.write)
-        # Bytes sent before the client could have seen our S were not
-        # protected by TLS: they are dropped, never relayed, and the session
-        # is refused once TLS is up (CVE-2021-23214), as PostgreSQL 15 does.
-        self._stranded_plaintext = bool(self.reader.take_buffered())
-        self._start_tls(tls)
-
-    def _direct_tls(self) -> None:
-        tls = self.door.tls
-        if tls is None:
-            self._ending("refused", "direct_ssl_off")
-            self._close("direct SSL rejected: ssl is off")
-            return
-        hello = self.reader.take_buffered()
-        self.direct_tls = True
-        self._start_tls(tls)
-        # The ClientHello arrived before TLS was layered on: hand it over.
-        self.transport.protocol.dataReceived(hello)
-
-    def _start_tls(self, tls: ServerTLS) -> None:
-        self.phase = Phase.HANDSHAKE
-        self.encryption = "ssl"
+    def _start_tls(self, action: StartTLS) -> None:
+        tls = self.factory.tls
+        assert tls is not None, "the session starts TLS only when it is offered"
+        if action.answer:
+            # The client waits for this byte; TLS is not on yet, so it may go
+            # straight to the socket.
+            send_or_queue(self.transport, action.answer, self.transport.write)
         start_tls(self.transport, tls)
+        if not action.answer:
+            # Direct TLS: the ClientHello arrived before TLS was layered on.
+            self.transport.protocol.dataReceived(action.hello)
 
-    def _client_cert_missing(self) -> bool:
-        tls = self.door.tls
-        return (
-            self.tls_info is not None
-            and tls is not None
-            and tls.require_client_cert
-            and self.tls_info.client_cert is None
-        )
-
-    def _cancel(self, event: wire.CancelRequest) -> None:
-        if self._client_cert_missing():
-            self._refuse_session(
-                "client_cert_required", "28000", "connection requires a valid client certificate"
-            )
-            return
-        self.phase = Phase.CANCELLING
-        self._ending("cancel")
-        self.detail = "cancel request forwarded"
+    def _cancel(self, packet: bytes) -> None:
         self._stop_timer()
-        if self.door.upstream_tls is None:
-            done = send_cancel(self.door.upstream_endpoint(), event.packet, self.door.reactor)
+        factory = self.factory
+        if factory.upstream_tls is None:
+            done = send_cancel(factory.upstream_endpoint(), packet, factory.reactor)
         else:
             # Through the same negotiation as a session (libpq 17's PQcancelCreate).
-            done = send_cancel_on(self.door.open_upstream(), event.packet, self.door.reactor)
+            done = send_cancel_on(factory.open_upstream(), packet, factory.reactor)
         done.addCallback(lambda _: self.transport.loseConnection())
 
     def _admit(self, startup: wire.StartupMessage) -> None:
-        self.startup = startup
-        if self.door.shutting_down:
-            # PostgreSQL refuses before authentication (CAC_SHUTDOWN).
-            self._refuse_session("shutting_down", "57P03", "the database system is shutting down")
-            return
-        if self._client_cert_missing():
-            self._refuse_session(
-                "client_cert_required", "28000", "connection requires a valid client certificate"
-            )
-            return
-        if self.door.sessions >= self.door.settings.max_connections:
-            self._refuse_session("too_many_clients", "53300", "sorry, too many clients already")
-            return
-        self.phase = Phase.ADMITTING
         self.transport.pauseProducing()
         client = hba.Client(
             address=self.address,
@@ -536,10 +515,10 @@ class FrontDoor(Protocol):
             replication=startup.walsender == "physical",
             cert=self.tls_info.client_cert if self.tls_info else None,
         )
-        if not self.door.rules.needs_hostname:
+        if not self.factory.rules.needs_hostname:
             self._decide(client)
             return
-        looking_up = self.door.resolve_hostname(self.address)
+        looking_up = self.factory.resolve_hostname(self.address)
         looking_up.addCallback(
             lambda name: self._decide(
                 hba.Client(
@@ -555,11 +534,11 @@ class FrontDoor(Protocol):
         )
 
     def _decide(self, client: hba.Client) -> None:
-        if self.phase is not Phase.ADMITTING:
+        if self.session.state is not Phase.ADMITTING:
             return  # the client left or timed out during the look-up
-        decision = self.door.rules.match(client)
+        decision = self.factory.rules.match(client)
         authenticated = decision.authenticated
-        if authenticated is not None and self.door.settings.log_connections:
+        if authenticated is not None and self.factory.settings.log_connections:
             # PostgreSQL 14+ logs it between "received" and "authorized",
             # and before a user-map refusal.
             self.log.info(
@@ -579,34 +558,34 @@ class FrontDoor(Protocol):
                 message=decision.message,
                 detail=f" ({decision.log_detail})" if decision.log_detail else "",
             )
-            self._refuse_session(refusal_reason(decision), decision.sqlstate, decision.message)
+            self._feed(HbaRefused(refusal_reason(decision), decision.sqlstate, decision.message))
             return
-        # max_connections is checked again: a look-up may have let others in.
-        if self.door.sessions >= self.door.settings.max_connections:
-            self._refuse_session("too_many_clients", "53300", "sorry, too many clients already")
-            return
-        self.door.sessions += 1
+        self._feed(_HBA_ADMITTED)
+
+    def _connect_upstream(self) -> None:
+        """The session is admitted: count it, log it, open the upstream leg."""
+        factory = self.factory
+        startup = self.session.startup
+        assert startup is not None
+        factory.sessions += 1
         self._counted = True
-        if self.door.metrics is not None:
-            self.door.metrics.session_admitted(self.encryption)
-        if self.door.settings.log_connections:
-            app = self.startup.application_name if self.startup else None
+        if factory.metrics is not None:
+            factory.metrics.session_admitted(self.session.encryption)
+        if factory.settings.log_connections:
+            app = startup.application_name
             # PostgreSQL's walsenders (replication=true or database) log no database.
-            walsender = self.startup is not None and self.startup.walsender is not None
+            walsender = startup.walsender is not None
             self.log.info(
                 "{kind}connection authorized: user={user}{in_database}{app}{ssl}",
                 kind="replication " if walsender else "",
-                user=client.user,
-                database=client.database,
-                in_database="" if walsender else f" database={client.database}",
+                user=startup.user,
+                database=startup.database,
+                in_database="" if walsender else f" database={startup.database}",
                 app=f" application_name={app}" if app else "",
                 ssl=encryption_words(self.tls_info),
             )
-        self.phase = Phase.CONNECTING
-        self._connect_started = self.door.reactor.seconds()
-        self._connecting = self.door.open_upstream(
-            self.startup.packet if self.startup is not None else None
-        )
+        self._connect_started = factory.reactor.seconds()
+        self._connecting = factory.open_upstream(startup.packet)
         self._connecting.addCallbacks(self.upstream_connected, self._upstream_failed)
 
     # -- the relay phase ---------------------------------------------------
@@ -615,28 +594,28 @@ class FrontDoor(Protocol):
         """The upstream accepted the connection: send the startup, relay."""
         self._connecting = None
         upstream.client = self
-        if self.phase is not Phase.CONNECTING or self.startup is None:
-            upstream.transport.loseConnection()
-            return
+        if self.session.state is Phase.CONNECTING:
+            self.upstream = upstream
+        for action in self.session.handle(_UPSTREAM_CONNECTED):
+            if type(action) is DropUpstream:
+                # The client is gone: so is the leg opened for it.
+                upstream.transport.loseConnection()
+            else:
+                self._perform(action)
+
+    def _relay(self, action: Relay) -> None:
+        upstream = self.upstream
+        assert upstream is not None
         self._stop_timer()
-        self.upstream = upstream
-        self.phase = Phase.RELAYING
-        self._ending("relayed")
-        self.detail = "relayed"
-        if self.door.metrics is not None:
-            self.door.metrics.upstream_connected(
-                self.door.reactor.seconds() - self._connect_started
-            )
-        first = self.startup.packet + self.reader.take_buffered()
+        factory = self.factory
+        if factory.metrics is not None:
+            factory.metrics.upstream_connected(factory.reactor.seconds() - self._connect_started)
+        first = action.startup + action.buffered
         self.bytes_up += len(first)
         if upstream.startup_sent:
             # The leg sent it to learn whether the upstream takes it (sslmode
             # allow or prefer); what the upstream answered goes to the client.
-            first = first[len(self.startup.packet) :]
-        # An idle session keeps neither the reader (which holds the whole
-        # StartupMessage) nor more of the message than its last log line needs.
-        self._reader = None
-        self.startup = self.startup.brief()
+            first = first[len(action.startup) :]
         self._backend = backendstart.BackendStartReader(parameters=False)
         splice(self.transport, upstream.transport)
         if upstream.pending:
@@ -658,7 +637,7 @@ class FrontDoor(Protocol):
         # before the layer is ready, close_notify) reaches the protocol.
         upstream.watch = watch
         if upstream.peer_certificate is not None:
-            self.door.upstream_certificate_seen(upstream.peer_certificate)
+            factory.upstream_certificate_seen(upstream.peer_certificate)
         self.transport.resumeProducing()
 
     def _watch_upstream(self, data: bytes | memoryview) -> bool:
@@ -697,19 +676,14 @@ class FrontDoor(Protocol):
 
     def upstream_lost(self, reason: Failure) -> None:
         """The upstream closed: so does the client, once its data is sent."""
-        if self.phase is Phase.RELAYING:
-            self._stop_pump()
-            # A TLS transport would wait for its producer, the upstream,
-            # before its close_notify, and so never close.
-            self.transport.unregisterProducer()
-            self.detail = "upstream closed the connection"
-            self._close("relayed")
+        if self.session.state is Phase.RELAYING:
+            self._feed(_UPSTREAM_CLOSED)
 
     def _upstream_failed(self, reason: Failure) -> None:
         self._connecting = None
-        if self.phase is not Phase.CONNECTING:
+        if self.session.state is not Phase.CONNECTING:
             return  # cancelled because the client went away
-        upstream = self.door.settings.upstream
+        upstream = self.factory.settings.upstream
         label, message = describe_failure(reason, upstream)
         # One line naming the upstream and why, in libpq's words; nothing of
         # it goes to the client.
@@ -719,16 +693,9 @@ class FrontDoor(Protocol):
             reason=message,
             upstream_failure=label.value,
         )
-        if self.door.metrics is not None:
-            self.door.metrics.upstream_failed(label)
-        # 57P03 tells libpq not to retry the same server without SSL; the
-        # upstream's address stays in the server log, never in the answer.
-        self._ending("upstream_unavailable", label.value)
-        self._fatal(
-            "57P03",
-            "the database system is not accepting connections",
-            error_detail="pgtls could not connect to the upstream server.",
-        )
+        if self.factory.metrics is not None:
+            self.factory.metrics.upstream_failed(label)
+        self._feed(UpstreamFailed(label.value))
 
     # -- endings -----------------------------------------------------------
 
@@ -746,18 +713,7 @@ class FrontDoor(Protocol):
         inside it and the client sees a broken message (libpq: lost
         synchronization, or the connection closed) rather than the FATAL.
         """
-        if self.phase is Phase.RELAYING:
-            assert self.upstream is not None
-            self._stop_pump()
-            self.transport.unregisterProducer()
-            self.upstream.transport.unregisterProducer()
-            # loseConnection stops reading the upstream; its connectionLost
-            # comes later and finds this connection closed.
-            self.upstream.transport.loseConnection()
-        if self.phase in (Phase.ADMITTING, Phase.CONNECTING, Phase.RELAYING):
-            self._fatal("57P01", "terminating connection due to administrator command")
-        elif self.phase is not Phase.CLOSED:
-            self._close("terminated by a fast shutdown")
+        self._feed(_SHUTDOWN)
 
     def _stop_pump(self) -> None:
         if self.pump is not None:
@@ -765,72 +721,34 @@ class FrontDoor(Protocol):
             self.pump = None
 
     def _authentication_timed_out(self) -> None:
-        # PostgreSQL closes silently and logs nothing when the startup phase
-        # outlives authentication_timeout.
         self._timer = None
-        self._ending("timeout")
-        self.detail = "authentication timeout"
-        self.phase = Phase.CLOSED
-        _close_socket(self.transport)
+        self._feed(_TIMER_FIRED)
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def _refuse(self, error: wire.ProtocolError) -> None:
-        if error.log:
-            self.log.warn("{message} (host={host})", message=error.message, host=str(self.address))
-        self._ending("protocol_error")
-        self.detail = error.message
-        data = error.response()
-        if data:
-            self.transport.write(data)
-        self._close(error.message)
-
-    def _refuse_session(self, reason: str, sqlstate: str, message: str) -> None:
-        """Refuse by rule or limit; ``reason`` is the metrics label (REFUSAL_REASONS)."""
-        self._ending("refused", reason)
-        self._fatal(sqlstate, message)
-
-    def _fatal(self, sqlstate: str, message: str, *, error_detail: str | None = None) -> None:
-        self.detail = message
-        self.transport.write(wire.error_response(sqlstate, message, detail=error_detail))
-        self._close(message)
-
-    def _ending(self, outcome: Outcome, reason: str | None = None) -> None:
-        """Say how the connection ends, for the session summary and the metrics."""
-        self.outcome = outcome
-        self.reason = reason
-
-    def _close(self, detail: str) -> None:
-        if self.phase is not Phase.CLOSED:
-            self.detail = self.detail if self.detail != "closed before startup" else detail
-        self.phase = Phase.CLOSED
-        self.transport.loseConnection()
-        # PostgreSQL's backend exits: close_notify, then FIN at once; the
-        # TLS layer alone would wait for the client's close_notify.
-        _close_socket(self.transport)
-
     def _session_end(self, admitted: bool) -> None:
         """Log the end of the connection (PostgreSQL's line, our summary); count it."""
-        elapsed = self.door.reactor.seconds() - self._started
+        elapsed = self.factory.reactor.seconds() - self._started
         bytes_down = self.upstream.bytes_down if self.upstream else 0
-        self._log_session_end(elapsed, bytes_down)
-        if self.door.metrics is not None:
-            self.door.metrics.connection_ended(
-                outcome=self.outcome,
-                encryption=self.encryption,
+        ending = self.session.ending
+        self._log_session_end(elapsed, bytes_down, ending)
+        if self.factory.metrics is not None:
+            self.factory.metrics.connection_ended(
+                outcome=ending.outcome,
+                encryption=self.session.encryption,
                 admitted=admitted,
-                reason=self.reason,
+                reason=ending.reason,
                 tls=self.tls_info,
                 bytes_up=self.bytes_up,
                 bytes_down=bytes_down,
             )
 
-    def _log_session_end(self, elapsed: float, bytes_down: int) -> None:
+    def _log_session_end(self, elapsed: float, bytes_down: int, ending: Ending) -> None:
         startup = self.startup
-        if self.door.settings.log_disconnections and self.upstream is not None and startup:
+        if self.factory.settings.log_disconnections and self.upstream is not None and startup:
             self.log.info(
                 "disconnection: session time: {elapsed} user={user} database={database} "
                 "host={host} port={port}",
@@ -853,9 +771,9 @@ class FrontDoor(Protocol):
             "ssl": info is not None,
             "protocol": info.protocol if info else None,
             "cipher": info.cipher if info else None,
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "detail": self.detail,
+            "outcome": ending.outcome,
+            "reason": ending.reason,
+            "detail": ending.detail,
             "bytes_up": self.bytes_up,
             "bytes_down": bytes_down,
             "duration": elapsed,

@@ -519,7 +519,7 @@ class Session:
                 actions.extend(self._illegal(type(packet).__name__))
                 break
             actions.extend(self._packet(packet, target))
-        return actions
+        return tuple(actions)
 
     def _packet(self, packet: wire.Event, target: State) -> Sequence[Action]:
         if isinstance(packet, wire.SSLRequest):

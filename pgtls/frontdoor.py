@@ -1,14 +1,15 @@
 """
 The front door: one Twisted Protocol per client connection.
 
-It reads the first packets with the sans-IO reader (pgtls.wire), answers
-SSLRequest with ``S`` or ``N`` and starts TLS, accepts direct TLS, asks
-pg_hba.conf (pgtls.hba) whether the session may pass, and hands admitted
-sessions to the relay (pgtls.relay).  Nothing a client sends reaches the
-upstream before the session is admitted.  A connection from a load
-balancer in ``pgtls.proxy_protocol_networks`` starts with a PROXY header
-(pgtls.proxyheader), read before the first packet; its address is the
-client's from then on.
+The connection's policy is pgtls.session's: FrontDoor feeds a Session what
+happens (bytes, TLS handshake done, the pg_hba.conf verdict, the upstream
+connected or failed, the timer, a shutdown) and performs what it answers:
+write, start TLS, ask pg_hba.conf (pgtls.hba), open the upstream leg, hand
+the session to the relay (pgtls.relay), close.  Nothing a client sends
+reaches the upstream before the session is admitted.  A connection from a
+load balancer in ``pgtls.proxy_protocol_networks`` starts with a PROXY
+header (pgtls.proxyheader), read before the first packet; its address is
+the client's from then on.
 """
 
 from __future__ import annotations

@@ -269,6 +269,10 @@ def _started_without_clients(
     listen = free_port()
     with PgtlsServer(make_datadir(root, pki, upstream_conninfo, port=listen), listen) as server:
         server.wait_for_log(expected)
+        # The readiness probe of PgtlsServer.start waits in the listen
+        # backlog until the reactor accepts it: stopping before then would
+        # lose its session line.
+        server.wait_for_log("user=[unknown]")
     return server
 
 

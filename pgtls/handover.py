@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pgtls.loader import StartupError
-from pgtls.tlsctx import TLSConfigError
+from pgtls.tlserrors import TLSConfigError
 
 if TYPE_CHECKING:
     from pgtls.listening import ListenService

@@ -3,26 +3,25 @@ The server's TLS context, built once at start from the settings, as
 PostgreSQL's be_tls_init builds its SSL_CTX.
 
 :func:`load_server_tls` checks and loads the certificate chain, the private
-key (asking for its passphrase if it needs one), the CA and CRL files, and
-applies the protocol, cipher, curve and ALPN policy.  Every problem is a
-:class:`TLSConfigError` whose text is one line in PostgreSQL's words.
-:func:`describe_connection` reports what a finished handshake agreed on.
+key (its passphrase from passphrase.py if it needs one), the CA and CRL
+files, and applies the protocol, cipher, curve and ALPN policy.  Every
+problem is a :class:`TLSConfigError` whose text is one line in PostgreSQL's
+words.  :func:`describe_connection` reports what a finished handshake agreed
+on; dn.py prints its client certificate's subject.
 
-The Twisted shell hands :class:`ServerTLS` to ``transport.startTLS``; this
-module never touches the reactor.
+The Twisted shell hands :class:`ServerTLS` to
+:func:`pgtls.fastwrite.start_tls`, which layers TLS through the fast path's
+seam in _internals.py, or through ``transport.startTLS`` when the fast path
+is off; this module never touches the reactor.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import os
 import re
-import signal
 import stat
-import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,7 +34,17 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from pgtls.conf import Settings
+from pgtls.dn import rfc2253_name
 from pgtls.hba import ClientCert
+
+# Re-exported: callers import these from here, as before the split.
+from pgtls.passphrase import (
+    PASSPHRASE_COMMAND_TIMEOUT,
+    PASSPHRASE_PROMPT,
+    run_passphrase_command,
+    terminal_passphrase,
+)
+from pgtls.tlserrors import TLSConfigError, openssl_reason
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -58,14 +67,8 @@ __all__ = [
     "terminal_passphrase",
 ]
 
-#: The prompt OpenSSL shows, and PostgreSQL substitutes for ``%p``.
-PASSPHRASE_PROMPT = "Enter PEM pass phrase:"
-
 #: PostgreSQL's ALPN protocol id (PG_ALPN_PROTOCOL).
 ALPN_PROTOCOL = b"postgresql"
-
-#: How long ssl_passphrase_command may take before pgtls gives up.
-PASSPHRASE_COMMAND_TIMEOUT = 60.0
 
 _PROTOCOL_VERSIONS = {
     "TLSv1": SSL.TLS1_VERSION,
@@ -114,47 +117,6 @@ _KEY_MODE_DETAIL = (
     "File must have permissions u=rw (0600) or less if owned by the database user, "
     "or permissions u=rw,g=r (0640) or less if owned by root."
 )
-
-# OpenSSL's short names for the subject attributes cryptography would print
-# as dotted OIDs (or spell differently), so DNs read as PostgreSQL logs them.
-_OPENSSL_ATTRIBUTE_NAMES = {
-    NameOID.EMAIL_ADDRESS: "emailAddress",
-    NameOID.STREET_ADDRESS: "street",
-    NameOID.SERIAL_NUMBER: "serialNumber",
-    NameOID.SURNAME: "SN",
-    NameOID.GIVEN_NAME: "GN",
-    NameOID.TITLE: "title",
-    NameOID.INITIALS: "initials",
-    NameOID.GENERATION_QUALIFIER: "generationQualifier",
-    NameOID.X500_UNIQUE_IDENTIFIER: "x500UniqueIdentifier",
-    NameOID.DN_QUALIFIER: "dnQualifier",
-    NameOID.PSEUDONYM: "pseudonym",
-    NameOID.POSTAL_ADDRESS: "postalAddress",
-    NameOID.POSTAL_CODE: "postalCode",
-    NameOID.BUSINESS_CATEGORY: "businessCategory",
-    NameOID.JURISDICTION_COUNTRY_NAME: "jurisdictionC",
-    NameOID.JURISDICTION_STATE_OR_PROVINCE_NAME: "jurisdictionST",
-    NameOID.JURISDICTION_LOCALITY_NAME: "jurisdictionL",
-    NameOID.UNSTRUCTURED_NAME: "unstructuredName",
-    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
-    NameOID.INN: "INN",
-    NameOID.OGRN: "OGRN",
-    NameOID.SNILS: "SNILS",
-}
-
-
-class TLSConfigError(Exception):
-    """
-    The SSL files or settings cannot make a server context.
-
-    ``message`` is PostgreSQL's error message, ``detail`` its DETAIL line or
-    None; ``str()`` is the two joined on one line.
-    """
-
-    def __init__(self, message: str, detail: str | None = None) -> None:
-        self.message = message
-        self.detail = detail
-        super().__init__(message if detail is None else f"{message}: {detail}")
 
 
 class NoApplicationProtocol(SSL.Error):
@@ -349,76 +311,6 @@ def check_key_file_permissions(
         raise TLSConfigError(
             f'private key file "{name}" has group or world access', _KEY_MODE_DETAIL
         )
-
-
-def run_passphrase_command(
-    command: str, *, prompt: str = PASSPHRASE_PROMPT, timeout: float = PASSPHRASE_COMMAND_TIMEOUT
-) -> bytes:
-    """
-    Run ssl_passphrase_command and return the passphrase it prints.
-
-    ``%p`` in the command becomes the prompt and ``%%`` a single ``%``; the
-    command runs under ``sh -c`` with pgtls's stdin and stderr; the first
-    line of its output, without trailing CR/LF, is the passphrase.
-
-    @param command: the ssl_passphrase_command setting.
-    @param prompt: what ``%p`` stands for.
-    @param timeout: seconds to wait before killing the command.
-    @raise TLSConfigError: the command could not run, failed or timed out.
-    """
-    expanded = _expand_passphrase_command(command, prompt)
-    try:
-        done = subprocess.run(
-            ["/bin/sh", "-c", expanded], stdout=subprocess.PIPE, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        # "from None": the exception holds whatever the command printed.
-        raise TLSConfigError(
-            f'command "{expanded}" failed', f"no pass phrase within {timeout:g} seconds"
-        ) from None
-    except OSError as error:
-        raise TLSConfigError(f'could not execute command "{expanded}": {error.strerror}') from None
-    if done.returncode != 0:
-        raise TLSConfigError(f'command "{expanded}" failed', _wait_status(done.returncode))
-    first_line = done.stdout.split(b"\n", 1)[0]
-    del done
-    return first_line.rstrip(b"\r")
-
-
-def terminal_passphrase(prompt: str) -> str:
-    """
-    Ask for the key's passphrase on the controlling terminal, echo off.
-
-    @param prompt: shown before reading.
-    @raise TLSConfigError: there is no controlling terminal, or it was closed
-        before a line was read.
-    """
-    try:
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
-    except OSError as error:
-        raise TLSConfigError(
-            f"no terminal to ask for its pass phrase ({error.strerror})",
-            "run pgtls in the foreground on a terminal, or set ssl_passphrase_command",
-        ) from None
-    os.close(fd)
-    # getpass falls back to reading stdin with echo on, with a warning: never
-    # let a passphrase be typed visibly.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", getpass.GetPassWarning)
-        try:
-            return getpass.getpass(prompt)
-        except (getpass.GetPassWarning, EOFError):
-            raise TLSConfigError("the terminal gave no pass phrase") from None
-
-
-def openssl_reason(error: Exception) -> str:
-    """The first reason in an OpenSSL error queue, as PostgreSQL's SSLerrmessage."""
-    queue = error.args[0] if error.args else None
-    if isinstance(queue, list):
-        for entry in queue:
-            if isinstance(entry, tuple) and len(entry) == 3 and entry[2]:
-                return str(entry[2])
-    return "no SSL error reported"
 
 
 def read_file(path: str) -> bytes:
@@ -732,23 +624,6 @@ def _load_crl(context: SSL.Context, settings: Settings) -> None:
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
 
-def _expand_passphrase_command(command: str, prompt: str) -> str:
-    """Replace ``%p`` with the prompt and ``%%`` with ``%``; keep other ``%``."""
-    return re.sub(r"%([p%])", lambda m: prompt if m.group(1) == "p" else "%", command)
-
-
-def _wait_status(returncode: int) -> str:
-    """PostgreSQL's wait_result_to_str, from subprocess's returncode."""
-    if returncode < 0:
-        number = -returncode
-        return f"child process was terminated by signal {number}: {signal.strsignal(number)}"
-    if returncode == 126:
-        return "command not executable"
-    if returncode == 127:
-        return "command not found"
-    return f"child process exited with exit code {returncode}"
-
-
 def _verified_client_cert(conn: SSL.Connection) -> ClientCert | None:
     if conn.get_peer_certificate(as_cryptography=True) is None:
         return None
@@ -761,30 +636,3 @@ def _verified_client_cert(conn: SSL.Connection) -> ClientCert | None:
     if cn is not None and "\0" in cn:
         return None
     return ClientCert(cn=cn, dn=rfc2253_name(subject))
-
-
-def rfc2253_name(name: x509.Name) -> str:
-    """
-    A name as OpenSSL's ``X509_NAME_print_ex(..., XN_FLAG_RFC2253)`` prints it,
-    which is what PostgreSQL matches ``clientname=DN`` against: last RDN
-    first, OpenSSL's short attribute names, RFC 2253 escapes, and control
-    characters and non-ASCII UTF-8 bytes as ``\\XX``.
-
-    Attribute types neither cryptography nor the table above names are
-    printed as dotted OIDs with their string value (OpenSSL would give the
-    value's DER in hex).
-    """
-    rdns = [
-        "+".join(attr.rfc4514_string(_OPENSSL_ATTRIBUTE_NAMES) for attr in reversed(list(rdn)))
-        for rdn in reversed(name.rdns)
-    ]
-    return "".join(_escape_like_openssl(char) for char in ",".join(rdns))
-
-
-def _escape_like_openssl(char: str) -> str:
-    code = ord(char)
-    if code < 0x20 or code == 0x7F:
-        return f"\\{code:02X}"
-    if code > 0x7F:
-        return "".join(f"\\{byte:02X}" for byte in char.encode("utf-8"))
-    return char

@@ -19,6 +19,7 @@ from OpenSSL import SSL
 
 from pgtls import channelbinding
 from pgtls.conninfo import Upstream, format_conninfo
+from pgtls.dn import rfc2253_name
 from pgtls.negotiation import (
     SSL_REQUEST,
     Action,
@@ -30,7 +31,6 @@ from pgtls.negotiation import (
     SendSSLRequest,
     StartTLS,
 )
-from pgtls.tlsctx import rfc2253_name
 from pgtls.upstreamctx import UpstreamTLS, describe_handshake_failure
 
 __all__ = ["probe_upstream", "upstream_warnings"]

@@ -41,10 +41,10 @@ def run_passphrase_command(
     command runs under ``sh -c`` with pgtls's stdin and stderr; the first
     line of its output, without trailing CR/LF, is the passphrase.
 
-    @param command: the ssl_passphrase_command setting.
-    @param prompt: what ``%p`` stands for.
-    @param timeout: seconds to wait before killing the command.
-    @raise TLSConfigError: the command could not run, failed or timed out.
+    :param command: the ssl_passphrase_command setting.
+    :param prompt: what ``%p`` stands for.
+    :param timeout: seconds to wait before killing the command.
+    :raises TLSConfigError: the command could not run, failed or timed out.
     """
     expanded = _expand_passphrase_command(command, prompt)
     try:
@@ -69,8 +69,8 @@ def terminal_passphrase(prompt: str) -> str:
     """
     Ask for the key's passphrase on the controlling terminal, echo off.
 
-    @param prompt: shown before reading.
-    @raise TLSConfigError: there is no controlling terminal, or it was closed
+    :param prompt: shown before reading.
+    :raises TLSConfigError: there is no controlling terminal, or it was closed
         before a line was read.
     """
     try:

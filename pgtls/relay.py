@@ -234,8 +234,8 @@ def send_cancel_on(
     as the sslmode says, see pgtls.upstreamleg) and wait, a bounded time,
     for the upstream to close the connection.
 
-    @param opening: fires with the UpstreamProtocol once the leg is ready.
-    @return: fires with None whatever happens: a cancel has no reply.
+    :param opening: fires with the UpstreamProtocol once the leg is ready.
+    :return: fires with None whatever happens: a cancel has no reply.
     """
     done: defer.Deferred[None] = defer.Deferred()
     sink = _CancelSink(done)

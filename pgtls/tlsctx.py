@@ -162,7 +162,7 @@ class ServerTLS:
         """
         Make the OpenSSL connection for one client.
 
-        @param tlsProtocol: the Twisted TLS protocol it will serve (unused:
+        :param tlsProtocol: the Twisted TLS protocol it will serve (unused:
             every client gets the same context).
         """
         return SSL.Connection(self.context, None)
@@ -195,16 +195,16 @@ def load_server_tls(
     """
     Build the server context from the settings, in PostgreSQL's order.
 
-    @param settings: the loaded settings; file names are absolute.
-    @param ask_passphrase: called with the prompt when the key is encrypted
+    :param settings: the loaded settings; file names are absolute.
+    :param ask_passphrase: called with the prompt when the key is encrypted
         and no ssl_passphrase_command is set (e.g. :func:`terminal_passphrase`);
         asked again, up to ``max_attempts`` times, while the passphrase is wrong.
-    @param max_attempts: how many passphrases ``ask_passphrase`` may offer.
-    @param command_timeout: seconds ssl_passphrase_command may run.
-    @raise TLSConfigError: a file is missing, unreadable, unsafe, malformed or
+    :param max_attempts: how many passphrases ``ask_passphrase`` may offer.
+    :param command_timeout: seconds ssl_passphrase_command may run.
+    :raises TLSConfigError: a file is missing, unreadable, unsafe, malformed or
         mismatched, the passphrase is missing or wrong, or a setting has no
         valid value.
-    @raise ValueError: max_attempts is less than 1.
+    :raises ValueError: max_attempts is less than 1.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -254,8 +254,8 @@ def describe_connection(conn: SSL.Connection) -> TLSInfo:
     file; one whose Common Name contains a NUL byte (which PostgreSQL refuses
     to use) is reported as no certificate.
 
-    @param conn: the server side of the connection.
-    @raise ValueError: the handshake has not completed.
+    :param conn: the server side of the connection.
+    :raises ValueError: the handshake has not completed.
     """
     cipher = conn.get_cipher_name()
     bits = conn.get_cipher_bits()
@@ -280,10 +280,10 @@ def check_key_file_permissions(
     It must be a regular file owned by the server's user (then no group or
     other access) or by root (then at most 0640).
 
-    @param path: the key file.
-    @param euid: the server's user id; the effective uid by default.
-    @param shown: the name the messages quote (default: ``path``).
-    @raise TLSConfigError: the file cannot be stat'ed or is unsafe.
+    :param path: the key file.
+    :param euid: the server's user id; the effective uid by default.
+    :param shown: the name the messages quote (default: ``path``).
+    :raises TLSConfigError: the file cannot be stat'ed or is unsafe.
     """
     if euid is None:
         euid = os.geteuid()
@@ -323,8 +323,8 @@ def _load_certificate_chain(context: SSL.Context, path: str, shown: str) -> x509
     """
     Load the server certificate and any intermediates after it.
 
-    @param shown: the file's name as ssl_cert_file gives it, for messages.
-    @return: the server certificate, for the key check; None if only
+    :param shown: the file's name as ssl_cert_file gives it, for messages.
+    :return: the server certificate, for the key check; None if only
         OpenSSL's chain reader understood the file.
     """
 
@@ -451,7 +451,7 @@ def file_setting(settings: Settings, name: str) -> str:
     PostgreSQL's messages name the file, rather than the absolute path
     pgtls opens (relative names are relative to the data directory).
 
-    @param name: ``ssl_cert_file``, ``ssl_key_file``, ``ssl_ca_file`` or
+    :param name: ``ssl_cert_file``, ``ssl_key_file``, ``ssl_ca_file`` or
         ``ssl_crl_file``.
     """
     for setting, text in settings.raw_values:
@@ -573,7 +573,7 @@ def _load_client_ca(context: SSL.Context, settings: Settings) -> bool:
     CertificateRequest; request a certificate from every client but let one
     without a certificate finish the handshake.
 
-    @return: whether a CA file was loaded.
+    :return: whether a CA file was loaded.
     """
     path = settings.ssl_ca_file
     if not _wanted(settings, "ssl_ca_file", path):

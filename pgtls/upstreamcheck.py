@@ -73,10 +73,10 @@ def probe_upstream(
     """
     Connect to the upstream as a session would and describe what happened.
 
-    @param server_cert: pgtls's own certificate, to say whether SCRAM
+    :param server_cert: pgtls's own certificate, to say whether SCRAM
         channel binding can pass (see pgtls.channelbinding).
 
-    @return: report lines; those starting ``warning:`` say the upstream
+    :return: report lines; those starting ``warning:`` say the upstream
         did not answer or the leg failed.
     """
     lines = [f"upstream: {format_conninfo(upstream)}"]

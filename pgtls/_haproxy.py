@@ -28,9 +28,9 @@ def parse_v1(line: bytes) -> ProxyInfo:
     """
     Parse a version 1 header line.
 
-    @param line: the header without its CRLF.
-    @return: what the line says; no source for UNKNOWN.
-    @raise InvalidProxyHeader: the line is not a valid header.  Twisted lets
+    :param line: the header without its CRLF.
+    :return: what the line says; no source for UNKNOWN.
+    :raises InvalidProxyHeader: the line is not a valid header.  Twisted lets
         a ValueError out for a port that is not a number; it is converted.
     """
     if line == _V1_BARE_UNKNOWN:
@@ -45,7 +45,7 @@ def parse_v2(header: bytes) -> ProxyInfo:
     """
     Parse a complete version 2 header (16 bytes and the length they announce).
 
-    @return: what the header says; no source for LOCAL and the UNSPEC family.
-    @raise InvalidProxyHeader: the header is not valid.
+    :return: what the header says; no source for LOCAL and the UNSPEC family.
+    :raises InvalidProxyHeader: the header is not valid.
     """
     return V2Parser.parse(header)

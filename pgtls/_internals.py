@@ -257,8 +257,8 @@ class _ServerTLSLayer(BufferingTLSTransport):
 
     Its ``makeConnection`` declares each interface the socket transport
     provides on itself, one ``directlyProvides`` after the other, each
-    replacing the one before: 250k instructions per connection
-    (callgrind), a sixth of pgtls's Python per connection.  Without them
+    replacing the one before: a sixth of pgtls's Python per connection
+    (README.rst, "Development", has the measurement).  Without them
     the layer's interfaces are looked up, through its ``__getattr__``, on
     the socket transport itself: all of them, ISSLTransport included,
     rather than the last one.

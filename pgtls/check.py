@@ -28,10 +28,10 @@ def check_report(
     """
     The report of a successful check.
 
-    @param probe: connect to the upstream and report how it answered (the
+    :param probe: connect to the upstream and report how it answered (the
         certificate it presented, or why the leg failed) as warnings.
 
-    @raise pgtls.loader.StartupError: what would stop the server from starting.
+    :raises pgtls.loader.StartupError: what would stop the server from starting.
     """
     config = load_server_config(
         os.path.abspath(data_directory), overrides, ask_passphrase=ask_passphrase
@@ -97,7 +97,7 @@ def channel_binding_lines(
     What SCRAM channel binding does through pgtls (see
     pgtls.channelbinding.report_lines).
 
-    @param upstream_cert: the certificate the upstream presented on a TLS
+    :param upstream_cert: the certificate the upstream presented on a TLS
         upstream leg; None when the leg is not TLS.
     """
     ours = config.tls.certificate if config.tls is not None else None

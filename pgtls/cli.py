@@ -230,7 +230,7 @@ examples:
 
 def _run_check(args: argparse.Namespace) -> str:
     from pgtls.check import check_report
-    from pgtls.tlsctx import terminal_passphrase
+    from pgtls.passphrase import terminal_passphrase
 
     overrides = dict(item.partition("=")[::2] for item in args.set)
     return check_report(args.pgdata, overrides, ask_passphrase=terminal_passphrase)

@@ -5,7 +5,7 @@ The file is read as PostgreSQL reads it (src/backend/utils/misc/guc-file.l,
 guc.c): the same tokens, quoting, comments, units, include directives and
 messages, so a file PostgreSQL accepts means the same thing here, and one it
 refuses is refused with the words PostgreSQL would use.  Loading is
-all-or-nothing: any bad line is a L{ConfigError} and no setting is applied.
+all-or-nothing: any bad line is a :class:`ConfigError` and no setting is applied.
 """
 
 from __future__ import annotations
@@ -249,8 +249,8 @@ def _parse_line(tokens: list[_Token], path: str, line: int) -> tuple[str, str]:
     """
     Read ``name [=] value`` from a non-empty line's tokens.
 
-    @return: the name as written and the value, quotes and escapes undone.
-    @raise ConfigError: PostgreSQL's syntax error for anything else.
+    :return: the name as written and the value, quotes and escapes undone.
+    :raises ConfigError: PostgreSQL's syntax error for anything else.
     """
     if tokens[0].kind not in _NAME_KINDS:
         raise _syntax_error(path, line, tokens[0])
@@ -296,14 +296,14 @@ class _Reader:
         """
         Read one file, following its include directives.
 
-        @param location: the file name as written; relative names are
+        :param location: the file name as written; relative names are
             relative to the directory of the calling file.
-        @param strict: False for include_if_exists, which skips a file it
+        :param strict: False for include_if_exists, which skips a file it
             cannot open and records a notice.
-        @param calling: the file and line an error is charged to: the
+        :param calling: the file and line an error is charged to: the
             include directive, or (file, None) for the main file.
-        @param depth: include nesting depth.
-        @raise ConfigError: unreadable file, syntax error, nesting too deep.
+        :param depth: include nesting depth.
+        :raises ConfigError: unreadable file, syntax error, nesting too deep.
         """
         if depth > MAX_DEPTH:
             raise ConfigError(
@@ -331,7 +331,7 @@ class _Reader:
         Read the ``*.conf`` files of a directory in name order, skipping
         names that start with a dot and subdirectories.
 
-        @raise ConfigError: blank name, unreadable directory or file entry,
+        :raises ConfigError: blank name, unreadable directory or file entry,
             and any error of the files read.
         """
         try:
@@ -378,7 +378,7 @@ def _strtol(text: str) -> tuple[float, int, bool]:
     """
     C's strtol(text, &end, 0): decimal, 0x hex or 0 octal after blanks.
 
-    @return: the value, the length read (0 when nothing was), and whether
+    :return: the value, the length read (0 when nothing was), and whether
         it overflowed a 64-bit long.
     """
     match = _STRTOL.match(text)
@@ -405,7 +405,7 @@ def _strtod(text: str) -> tuple[float, int, bool]:
     """
     C's strtod for the decimal and hex forms parse_int can reach.
 
-    @return: the value, the length read, and whether it was out of range.
+    :return: the value, the length read, and whether it was out of range.
     """
     match = _STRTOD.match(text)
     if match is None:
@@ -453,7 +453,7 @@ def _to_base_unit(value: float, unit: str, units: _Units) -> float | None:
     characters, blanks after it allowed) to the base unit, rounding a
     fraction to a whole number of the next smaller unit.
 
-    @return: the scaled value, or None for an unknown unit or trailing garbage.
+    :return: the scaled value, or None for an unknown unit or trailing garbage.
     """
     name = unit.rstrip(_C_SPACE)
     if len(name) > 3 or any(c in _C_SPACE for c in name):
@@ -477,7 +477,7 @@ def _parse_int(text: str, units: _Units | None) -> int:
     guc.c's parse_int: an integer in C syntax, or a real that is rounded
     (half to even, as rint), optionally followed by a unit.
 
-    @raise _NotAnInteger: with PostgreSQL's hint when it gives one.
+    :raises _NotAnInteger: with PostgreSQL's hint when it gives one.
     """
     value, end, overflow = _strtol(text)
     if overflow or text[end : end + 1] in (".", "e", "E"):
@@ -512,7 +512,7 @@ def _boolean(name: str, text: str) -> bool:
     """
     A Boolean setting.
 
-    @raise _InvalidValue: PostgreSQL's ``requires a Boolean value``.
+    :raises _InvalidValue: PostgreSQL's ``requires a Boolean value``.
     """
     value = parse_bool(text)
     if value is None:
@@ -524,7 +524,7 @@ def _integer(low: int, high: int, units: _Units | None = None) -> _Parser:
     """
     An integer setting with a range, and a unit when units is given.
 
-    @return: a parser raising _InvalidValue with PostgreSQL's messages.
+    :return: a parser raising _InvalidValue with PostgreSQL's messages.
     """
 
     def parse(name: str, text: str) -> int:
@@ -556,7 +556,7 @@ def _enum(*options: str) -> _Parser:
     """
     An enum setting: one of options, compared case-insensitively.
 
-    @return: a parser giving the option as spelt in options.
+    :return: a parser giving the option as spelt in options.
     """
 
     def parse(name: str, text: str) -> str:
@@ -573,7 +573,7 @@ def _upstream(name: str, text: str) -> Upstream:
     """
     ``pgtls.upstream``: a libpq connection string.
 
-    @raise _InvalidValue: naming what parse_conninfo objected to.
+    :raises _InvalidValue: naming what parse_conninfo objected to.
     """
     try:
         return parse_conninfo(text)
@@ -591,7 +591,7 @@ def _networks(name: str, text: str) -> tuple[IPNetwork, ...]:
     ``pgtls.proxy_protocol_networks``: a comma-separated list of addresses
     and CIDR networks, IPv4 or IPv6; empty for none.
 
-    @raise _InvalidValue: an item is not an address or network, or has bits
+    :raises _InvalidValue: an item is not an address or network, or has bits
         set past its mask (``10.0.0.5/8``: a typo that would trust more than
         one host).
     """
@@ -707,7 +707,7 @@ def _check_encoding(text: str) -> None:
     Refuse values holding bytes that were not UTF-8: every setting ends up
     in a log line, a file name or OpenSSL, none of which wants them.
 
-    @raise _InvalidValue: PostgreSQL's encoding message.
+    :raises _InvalidValue: PostgreSQL's encoding message.
     """
     for char in text:
         if "\udc80" <= char <= "\udcff":
@@ -722,7 +722,7 @@ def _convert(param: _Param, text: str) -> Any:
     """
     Type a value for param.
 
-    @raise _InvalidValue: PostgreSQL's message for the value.
+    :raises _InvalidValue: PostgreSQL's message for the value.
     """
     _check_encoding(text)
     return param.parse(param.name, text)
@@ -745,9 +745,9 @@ def _lookup(name: str) -> _Param | None:
     """
     Find the parameter a name (any case) refers to.
 
-    @return: the parameter, or None for another extension's dotted name,
+    :return: the parameter, or None for another extension's dotted name,
         which is ignored as PostgreSQL ignores placeholders.
-    @raise _Unrecognized: for an unknown plain name or unknown ``pgtls.*``.
+    :raises _Unrecognized: for an unknown plain name or unknown ``pgtls.*``.
     """
     key = ascii_lower(name)
     param = _BY_NAME.get(key)
@@ -763,8 +763,8 @@ def _overrides(overrides: Mapping[str, str]) -> list[tuple[_Param, str, Any]]:
     Check command-line settings (``-c name=value``), which PostgreSQL does
     before it reads any file.
 
-    @return: (parameter, text, typed value) for each override of ours.
-    @raise ConfigError: at ``command line`` without a line.
+    :return: (parameter, text, typed value) for each override of ours.
+    :raises ConfigError: at ``command line`` without a line.
     """
     checked = []
     for written, text in overrides.items():
@@ -792,7 +792,7 @@ def _last_occurrences(items: list[_Item]) -> list[tuple[_Param, _Item]]:
     Check every name, then keep the last line for each parameter, in file
     order: an earlier duplicate is not even validated, as in PostgreSQL.
 
-    @raise ConfigError: the first unrecognized name, at its file and line.
+    :raises ConfigError: the first unrecognized name, at its file and line.
     """
     known: list[tuple[int, _Param, _Item]] = []
     last: dict[str, int] = {}
@@ -815,14 +815,14 @@ def load_settings(data_directory: str, overrides: Mapping[str, str] = _NO_OVERRI
     Read DATA/postgresql.conf (and what it includes), apply command-line
     overrides, and type every setting.
 
-    @param data_directory: the data directory; it is made absolute, and
+    :param data_directory: the data directory; it is made absolute, and
         relative file settings are resolved against it.
-    @param overrides: ``name -> value`` as given to ``-c name=value``; they
+    :param overrides: ``name -> value`` as given to ``-c name=value``; they
         win over the file.  Values are taken as they are (no quotes).
-    @return: the settings, with ``explicit`` naming what the file or an
+    :return: the settings, with ``explicit`` naming what the file or an
         override set and ``notices`` the log lines for skipped
         include_if_exists files.
-    @raise ConfigError: a missing or unreadable postgresql.conf, a syntax
+    :raises ConfigError: a missing or unreadable postgresql.conf, a syntax
         error, an include error, an unrecognized name, or a bad value; the
         first one found, at its file and line (``command line`` for an
         override).  Nothing is applied then.
@@ -876,7 +876,7 @@ def restart_only_changes(old: Settings, new: Settings) -> list[str]:
     """
     Name the restart-only settings a reload would change.
 
-    @return: PostgreSQL names (``ssl``, ``pgtls.upstream``) whose values
+    :return: PostgreSQL names (``ssl``, ``pgtls.upstream``) whose values
         differ, for ``parameter "%s" cannot be changed without restarting
         the server``; in a fixed order.
     """
@@ -906,7 +906,7 @@ def changed_settings(old: Settings, new: Settings) -> list[tuple[str, str]]:
     """
     List the reloadable settings a reload changes.
 
-    @return: (name, new value as text) for ``parameter "%s" changed to
+    :return: (name, new value as text) for ``parameter "%s" changed to
         "%s"``: the text as written when the setting is explicit, else its
         default shown as SHOW would.
     """
@@ -923,7 +923,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
     """
     Every setting with its effective value as text, for ``pgtls check``.
 
-    @return: (name, value) pairs, ``data_directory`` first, then each
+    :return: (name, value) pairs, ``data_directory`` first, then each
         setting in a fixed order; booleans as on/off, the timeout as SHOW
         shows it (``1min``), the upstream as a connection string.
     """

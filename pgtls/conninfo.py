@@ -173,12 +173,12 @@ def parse_conninfo(text: str) -> Upstream:
     """
     Parse a libpq connection string naming the upstream server.
 
-    @param text: keyword/value pairs or a ``postgresql://`` /
+    :param text: keyword/value pairs or a ``postgresql://`` /
         ``postgres://`` URI.  An empty string means all defaults.
-    @return: the upstream; host defaults to L{DEFAULT_HOST}, port to
-        L{DEFAULT_PORT}, no connect timeout.  With ``hostaddr`` the host is
+    :return: the upstream; host defaults to :data:`DEFAULT_HOST`, port to
+        :data:`DEFAULT_PORT`, no connect timeout.  With ``hostaddr`` the host is
         that numeric address, which is what libpq connects to.
-    @raise ValueError: with a one-line message for a syntax error, an
+    :raises ValueError: with a one-line message for a syntax error, an
         unknown or inapplicable keyword, several hosts, a bad port,
         timeout or address.
     """
@@ -190,8 +190,8 @@ def format_conninfo(upstream: Upstream) -> str:
     """
     Write an upstream back as a keyword/value connection string.
 
-    @param upstream: the upstream to describe.
-    @return: e.g. ``host=/var/run/postgresql port=5432``; values are quoted
+    :param upstream: the upstream to describe.
+    :return: e.g. ``host=/var/run/postgresql port=5432``; values are quoted
         as libpq requires when they are empty or hold spaces, quotes or
         backslashes.
     """
@@ -238,7 +238,7 @@ def _store(values: dict[str, str], key: str, value: str) -> None:
     """
     Record one keyword, refusing those pgtls cannot honour.
 
-    @raise ValueError: for a libpq keyword that does not apply, or an
+    :raises ValueError: for a libpq keyword that does not apply, or an
         unknown one (libpq's message).
     """
     if key in _ACCEPTED:
@@ -266,7 +266,7 @@ def _parse_keywords(text: str) -> dict[str, str]:
     """
     Split ``key = value`` pairs the way libpq's conninfo_parse does.
 
-    @raise ValueError: missing ``=``, unterminated quote, bad keyword.
+    :raises ValueError: missing ``=``, unterminated quote, bad keyword.
     """
     values: dict[str, str] = {}
     pos = _skip_space(text, 0)
@@ -307,7 +307,7 @@ def _quoted_value(text: str, pos: int) -> tuple[str, int]:
     """
     Read a single-quoted value whose opening quote is just before pos.
 
-    @raise ValueError: when the closing quote is missing.
+    :raises ValueError: when the closing quote is missing.
     """
     out: list[str] = []
     while True:
@@ -330,7 +330,7 @@ def _parse_uri(uri: str) -> dict[str, str]:
     """
     Read a ``postgresql://`` URI the way libpq's conninfo_uri_parse_options does.
 
-    @raise ValueError: user info or a database name (they do not apply),
+    :raises ValueError: user info or a database name (they do not apply),
         bad IPv6 brackets, bad percent-encoding, bad query parameters.
     """
     prefix = next(p for p in _URI_PREFIXES if uri.startswith(p))
@@ -361,8 +361,8 @@ def _uri_hosts(uri: str, rest: str) -> tuple[list[str], list[str], str]:
     """
     Split the comma-separated ``host[:port]`` list at the start of rest.
 
-    @return: raw (still percent-encoded) hosts, ports, and what follows.
-    @raise ValueError: for a malformed bracketed IPv6 address.
+    :return: raw (still percent-encoded) hosts, ports, and what follows.
+    :raises ValueError: for a malformed bracketed IPv6 address.
     """
     hosts: list[str] = []
     ports: list[str] = []
@@ -409,8 +409,8 @@ def _uri_query(query: str, values: dict[str, str]) -> None:
     """
     Store ``key=value&...`` URI parameters.
 
-    @raise ValueError: libpq's messages for a missing or extra ``=``, and
-        the keyword errors of L{_store}.
+    :raises ValueError: libpq's messages for a missing or extra ``=``, and
+        the keyword errors of :func:`_store`.
     """
     params = query.split("&")
     if params[-1] == "":
@@ -432,7 +432,7 @@ def _uri_decode(text: str) -> str:
     """
     Undo percent-encoding.
 
-    @raise ValueError: for ``%`` not followed by two hex digits, ``%00``, or
+    :raises ValueError: for ``%`` not followed by two hex digits, ``%00``, or
         bytes that are not UTF-8.
     """
     raw = text.encode("utf-8", "surrogateescape")
@@ -461,7 +461,7 @@ def _parse_int_param(value: str, keyword: str) -> int:
     """
     Read an integer option as libpq's parse_int_param does (base 10, spaces around).
 
-    @raise ValueError: libpq's ``invalid integer value`` message.
+    :raises ValueError: libpq's ``invalid integer value`` message.
     """
     digits = value.strip(_C_SPACE).lstrip("+-").lstrip("0")
     # The length test keeps int() off Python's limit for huge digit strings.
@@ -476,9 +476,9 @@ def _parse_int_param(value: str, keyword: str) -> int:
 
 def _build(values: dict[str, str]) -> Upstream:
     """
-    Turn the accepted keywords into an L{Upstream}.
+    Turn the accepted keywords into an :class:`Upstream`.
 
-    @raise ValueError: several hosts, a bad address, port or timeout.
+    :raises ValueError: several hosts, a bad address, port or timeout.
     """
     for key in ("host", "hostaddr", "port"):
         if "," in values.get(key, ""):
@@ -517,7 +517,7 @@ def _with_tls(upstream: Upstream, values: dict[str, str]) -> Upstream:
     Add the TLS keywords to ``upstream``, checked as libpq's
     pqConnectOptions2 checks them (its messages).
 
-    @raise ValueError: a value libpq would refuse, or a combination it refuses.
+    :raises ValueError: a value libpq would refuse, or a combination it refuses.
     """
     sslmode = values.get("sslmode", "")
     if sslmode and sslmode not in SSLMODES:
@@ -571,7 +571,7 @@ def _tls_version(values: dict[str, str], keyword: str, default: str) -> str:
     """
     A protocol version keyword, compared case-insensitively as libpq does.
 
-    @raise ValueError: libpq's ``invalid ... value`` message.
+    :raises ValueError: libpq's ``invalid ... value`` message.
     """
     text = values.get(keyword, "")
     if not text:

@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pgtls.loader import StartupError
-from pgtls.tlsctx import TLSConfigError
+from pgtls.tlserrors import TLSConfigError
 
 if TYPE_CHECKING:
     from pgtls.listening import ListenService
@@ -82,8 +82,8 @@ def child_argv(executable: str, orig_argv: Sequence[str]) -> list[str]:
     The command that starts the new process: the shell that sets LISTEN_PID,
     then this interpreter with this process's own arguments.
 
-    @param executable: this interpreter (``sys.executable``).
-    @param orig_argv: this process's command line (``sys.orig_argv``).
+    :param executable: this interpreter (``sys.executable``).
+    :param orig_argv: this process's command line (``sys.orig_argv``).
     """
     return [_SHELL, "-c", _SET_LISTEN_PID, "pgtls", executable, *orig_argv[1:]]
 
@@ -101,7 +101,7 @@ def child_environment(
     the metrics socket, which is not one of the PostgreSQL ports that
     LISTEN_FDS counts.
 
-    @raise ValueError: a name holds a colon, which LISTEN_FDNAMES cannot carry.
+    :raises ValueError: a name holds a colon, which LISTEN_FDNAMES cannot carry.
     """
     if any(":" in name or not name for name in names):
         raise ValueError(f"cannot pass socket names {list(names)!r}")
@@ -130,7 +130,7 @@ def no_terminal_passphrase(prompt: str) -> str:
     The passphrase prompt of a process started by SIGUSR2: it has no
     terminal to ask on.
 
-    @raise TLSConfigError: always.
+    :raises TLSConfigError: always.
     """
     raise TLSConfigError(
         "cannot ask for the private key pass phrase: a process started by SIGUSR2 has no terminal",
@@ -170,7 +170,7 @@ class Channel:
         """
         An endpoint that adopts the metrics socket, whatever its family.
 
-        @raise StartupError: it is not a socket.
+        :raises StartupError: it is not a socket.
         """
         assert self.metrics_fd is not None
         try:
@@ -253,7 +253,7 @@ class HandoverService(Service):
         argv: Sequence[str] | None = None,
     ) -> None:
         """
-        @param argv: the new process's command (default: L{child_argv} of
+        :param argv: the new process's command (default: :func:`child_argv` of
             this interpreter and command line).
         """
         self.reactor = reactor

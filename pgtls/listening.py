@@ -86,11 +86,11 @@ def inherited_descriptions(
     are served through it; unnamed ones (``systemd-socket-activate`` without
     ``--fdname``, or a manager that sets no names) are adopted by descriptor.
 
-    @param reactor: the reactor the endpoints are for.
-    @param environ: the environment the process started with (default: read
+    :param reactor: the reactor the endpoints are for.
+    :param environ: the environment the process started with (default: read
         from /proc/self/environ, else this process's).
-    @param start: the first passed descriptor.
-    @raise StartupError: LISTEN_FDS or LISTEN_FDNAMES make no sense, or a
+    :param start: the first passed descriptor.
+    :raises StartupError: LISTEN_FDS or LISTEN_FDNAMES make no sense, or a
         passed socket is not a listening TCP socket.
     """
     env = _environment_at_start() if environ is None else environ
@@ -147,7 +147,7 @@ def _tcp_domain(fileno: int, what: str) -> str:
     ``INET`` or ``INET6``: the address family of a listening TCP socket, so
     that its clients' addresses are read right.
 
-    @raise StartupError: naming ``what``, for anything but a TCP socket.
+    :raises StartupError: naming ``what``, for anything but a TCP socket.
     """
     try:
         # Family and type are read from the descriptor; detach() leaves it open.
@@ -176,9 +176,9 @@ _TCP = re.compile(r"(tcp6?):(\d+):interface=(.*)", re.DOTALL)
 
 def tcp_address(description: str) -> tuple[socket.AddressFamily, str, int]:
     """
-    The family, address and port of a description made by L{listen_descriptions}.
+    The family, address and port of a description made by :func:`listen_descriptions`.
 
-    @raise ValueError: not such a description.
+    :raises ValueError: not such a description.
     """
     match = _TCP.fullmatch(description)
     if match is None:
@@ -197,7 +197,7 @@ def bind_shared(description: str, backlog: int = LISTEN_BACKLOG) -> socket.socke
     cannot set the option; the socket is handed to the reactor with
     ``adoptStreamPort``.
 
-    @raise OSError: the socket could not be made, bound or listen.
+    :raises OSError: the socket could not be made, bound or listen.
     """
     family, address, port = tcp_address(description)
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -230,11 +230,11 @@ class UnresolvableListenAddress(StartupError):
 
 def configured_listen_descriptions(settings: conf.Settings) -> list[list[str]]:
     """
-    L{listen_descriptions} for the settings' listen_addresses and port; a
+    :func:`listen_descriptions` for the settings' listen_addresses and port; a
     name that does not resolve stops the start at the line that set
     listen_addresses (``command line`` for ``-c`` or ``-h``).
 
-    @raise StartupError: ``FILE:LINE: listen_addresses: could not translate
+    :raises StartupError: ``FILE:LINE: listen_addresses: could not translate
         host name …``.
     """
     try:
@@ -271,8 +271,8 @@ class ListenService(Service):
         self, reactor: Any, factory: FrontDoorFactory, inherited: Sequence[Listenable] = ()
     ) -> None:
         """
-        @param inherited: what to listen on for the sockets passed by systemd
-            (see L{inherited_descriptions}); when any, listen_addresses and
+        :param inherited: what to listen on for the sockets passed by systemd
+            (see :func:`inherited_descriptions`); when any, listen_addresses and
             port are not used.
         """
         self.reactor = reactor
@@ -371,7 +371,7 @@ class ListenService(Service):
             cast(IReadDescriptor, port).stopReading()  # type: ignore[attr-defined]
 
     def resume(self) -> None:
-        """Accept again after L{pause}."""
+        """Accept again after :meth:`pause`."""
         for port in self.ports:
             cast(IReadDescriptor, port).startReading()  # type: ignore[attr-defined]
 

@@ -66,7 +66,7 @@ def load_server_config(
     Load postgresql.conf, the SSL files (asking for a passphrase if the key
     needs one) and pg_hba.conf.
 
-    @raise StartupError: anything is missing or wrong; nothing is half-loaded.
+    :raises StartupError: anything is missing or wrong; nothing is half-loaded.
     """
     if not os.path.isdir(data_directory):
         raise StartupError(f"{data_directory}: data directory does not exist")
@@ -117,7 +117,7 @@ def _check_endpoint_setting(settings: conf.Settings, name: str, description: str
     An endpoint setting that Twisted cannot parse stops the start at the
     line that set it.
 
-    @raise conf.ConfigError: naming the file and line (or ``command line``).
+    :raises conf.ConfigError: naming the file and line (or ``command line``).
     """
     if not description:
         return

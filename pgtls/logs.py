@@ -5,8 +5,8 @@ By default twistd writes its usual text log, in which pgtls's lines read
 like PostgreSQL's (``connection authorized: user=...``).  For journald and
 log shippers, ``twistd --logger=pgtls.logs.json`` writes one JSON object a
 line instead: Twisted's own event serialization (every named field of the
-event, as L{twisted.logger.eventAsJSON} gives them, which
-L{twisted.logger.eventsFromJSONLogFile} reads back), plus ``text``, the
+event, as :func:`twisted.logger.eventAsJSON` gives them, which
+:func:`twisted.logger.eventsFromJSONLogFile` reads back), plus ``text``, the
 formatted line, and ``level``, the level's name, so that a shipper needs no
 Twisted to show it.
 
@@ -46,10 +46,10 @@ def json_observer(out: IO[Any]) -> ILogObserver:
     """
     An observer that writes each event to ``out`` as one line of JSON.
 
-    Unlike L{twisted.logger.jsonFileLogObserver}'s default, no record
+    Unlike :func:`twisted.logger.jsonFileLogObserver`'s default, no record
     separator (``\\x1e``) precedes the object, so each line parses alone.
 
-    @param out: a text file, flushed after each line.
+    :param out: a text file, flushed after each line.
     """
     return FileLogObserver(out, _json_line)
 

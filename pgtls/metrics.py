@@ -1,15 +1,15 @@
 """
 Prometheus metrics of the front door, and the HTTP endpoint that serves them.
 
-A FrontDoorFactory given a L{Metrics} updates it at a few points of each
+A FrontDoorFactory given a :class:`Metrics` updates it at a few points of each
 connection's life: TLS handshake done, session admitted, upstream
 connected, connection ended.  Nothing happens per relayed chunk: the bytes
 each way are added from the relay's own counters when a session ends, so
 the relay's hot path costs the same with metrics on or off.
 
-Each L{Metrics} has its own CollectorRegistry, so two factories (or two
+Each :class:`Metrics` has its own CollectorRegistry, so two factories (or two
 tests) never share values.  With ``pgtls.metrics_listen`` set, a
-L{MetricsService} serves the registry at ``/metrics`` with
+:class:`MetricsService` serves the registry at ``/metrics`` with
 prometheus_client's Twisted resource.
 """
 
@@ -220,7 +220,7 @@ class Metrics:
         active.inc()
 
     def proxy_header(self, result: ProxyHeaderResult) -> None:
-        """Count a load balancer's connection by its header (L{PROXY_HEADER_RESULTS})."""
+        """Count a load balancer's connection by its header (:data:`PROXY_HEADER_RESULTS`)."""
         self._proxy_headers_by[result].inc()
 
     def session_admitted(self, encryption: Encryption) -> None:
@@ -249,14 +249,14 @@ class Metrics:
         """
         Count a client connection that is gone.
 
-        @param outcome: how it ended.
-        @param encryption: whether it used TLS (or tried to).
-        @param admitted: whether it was counted by L{session_admitted}.
-        @param reason: for ``refused``, one of L{REFUSAL_REASONS}; for
+        :param outcome: how it ended.
+        :param encryption: whether it used TLS (or tried to).
+        :param admitted: whether it was counted by :meth:`session_admitted`.
+        :param reason: for ``refused``, one of :data:`REFUSAL_REASONS`; for
             ``handshake_failed``, OpenSSL's reason; else ignored.
-        @param tls: what its handshake agreed on, if one completed.
-        @param bytes_up: bytes relayed from the client to the upstream.
-        @param bytes_down: bytes relayed from the upstream to the client.
+        :param tls: what its handshake agreed on, if one completed.
+        :param bytes_up: bytes relayed from the client to the upstream.
+        :param bytes_down: bytes relayed from the upstream to the client.
         """
         self._sessions_by[outcome, encryption].inc()
         if admitted:
@@ -307,9 +307,9 @@ def metrics_site(registry: CollectorRegistry) -> Site:
 def metrics_service(reactor: Any, settings: Settings) -> MetricsService | None:
     """
     The metrics endpoint ``pgtls.metrics_listen`` asks for, with a fresh
-    L{Metrics}; None when the setting is empty (the default: no metrics).
+    :class:`Metrics`; None when the setting is empty (the default: no metrics).
 
-    @raise StartupError: the setting is not a valid endpoint string.
+    :raises StartupError: the setting is not a valid endpoint string.
     """
     if not settings.metrics_listen:
         return None
@@ -318,7 +318,7 @@ def metrics_service(reactor: Any, settings: Settings) -> MetricsService | None:
 
 class MetricsService(Service):
     """
-    Serves a L{Metrics} on the ``pgtls.metrics_listen`` endpoint; the port
+    Serves a :class:`Metrics` on the ``pgtls.metrics_listen`` endpoint; the port
     is bound in privilegedStartService, with the PostgreSQL ports.
     """
 
@@ -326,11 +326,11 @@ class MetricsService(Service):
 
     def __init__(self, reactor: Any, description: str, metrics: Metrics) -> None:
         """
-        @param reactor: the reactor to listen with.
-        @param description: a Twisted server endpoint string, such as
+        :param reactor: the reactor to listen with.
+        :param description: a Twisted server endpoint string, such as
             ``tcp:9187:interface=127.0.0.1``.
-        @param metrics: what to serve.
-        @raise StartupError: the description is not a valid endpoint string.
+        :param metrics: what to serve.
+        :raises StartupError: the description is not a valid endpoint string.
         """
         try:
             self.endpoint = serverFromString(reactor, description)

@@ -26,9 +26,9 @@ def peer_name_mismatch(cert: x509.Certificate, host: str) -> str | None:
     """
     Check ``cert`` against the host name as libpq's verify-full does.
 
-    @param cert: the server's certificate.
-    @param host: the ``host`` keyword (a name or an IP address literal).
-    @return: None when a name matches, else libpq's message, e.g.
+    :param cert: the server's certificate.
+    :param host: the ``host`` keyword (a name or an IP address literal).
+    :return: None when a name matches, else libpq's message, e.g.
         ``server certificate for "db1" does not match host name "db.internal"``.
     """
     names: list[str] = []

@@ -4,7 +4,7 @@ The PROXY protocol header a load balancer puts before a client's bytes.
 A connection from one of ``pgtls.proxy_protocol_networks`` begins with a
 header in version 1 (text, HAProxy's ``send-proxy``) or version 2 (binary,
 ``send-proxy-v2``, what cloud load balancers send) that names the client's
-address.  L{ProxyHeaderReader} finds where the header ends, bounds its size,
+address.  :class:`ProxyHeaderReader` finds where the header ends, bounds its size,
 lets Twisted's parsers read it (through pgtls._haproxy) and checks what they
 leave unchecked; the bytes after the header are the client's and go on to
 the first-packet reader (pgtls.wire).  No I/O here.
@@ -85,7 +85,7 @@ class ProxyHeaderReader:
         """
         The header, once complete.
 
-        @raise InvalidProxyHeader: the bytes are not a header, or it is longer
+        :raises InvalidProxyHeader: the bytes are not a header, or it is longer
             than allowed.
         """
         assert not self._done, "one header per connection"
@@ -149,7 +149,7 @@ def _source(info: _haproxy.ProxyInfo) -> tuple[IPAddress, int] | None:
     The client's address in a parsed header; None for a source that is not
     TCP over IP (a Unix socket, UDP), which names no client pg_hba.conf knows.
 
-    @raise InvalidProxyHeader: the address is not an IP address (Twisted's
+    :raises InvalidProxyHeader: the address is not an IP address (Twisted's
         version 1 parser takes any text for it).
     """
     source = info.source

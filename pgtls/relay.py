@@ -1,10 +1,11 @@
 """
-The upstream leg: connecting to the upstream PostgreSQL server, the two-way
-pump between a client and it, and forwarding cancel requests.
+The upstream leg: connecting to the upstream PostgreSQL server, the protocol
+that relays its bytes to the client when no pump does (the pump, the relayed
+session's fast path, is :mod:`pgtls.pump`), and forwarding cancel requests.
 
-Flow control follows twisted.protocols.portforward: each transport is
-registered as the streaming producer of the other, so a slow reader on one
-side pauses reading on the other and neither side buffers without bound.
+Flow control follows twisted.protocols.portforward: :func:`splice` registers
+each transport as the streaming producer of the other, so a slow reader on
+one side pauses reading on the other and neither side buffers without bound.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class UNIXAtOnceEndpoint:
 
     Twisted's UNIX client connects a reactor turn later, through a
     connector and the endpoint's wrapping protocol; the session waits for
-    that turn, and its Python costs about 50k instructions per connection
-    (callgrind).  This one connects a non-blocking socket itself and hands
+    that turn, and its Python costs a measurable share of a connection's
+    work (README.rst, "Development").  This one connects a non-blocking socket itself and hands
     it to the reactor (``adoptStreamConnection``); when the connect would
     block or fails, ``fallback`` (the UNIXClientEndpoint) connects as
     always, and reports a failure its way.
@@ -234,8 +235,8 @@ def send_cancel_on(
     as the sslmode says, see pgtls.upstreamleg) and wait, a bounded time,
     for the upstream to close the connection.
 
-    @param opening: fires with the UpstreamProtocol once the leg is ready.
-    @return: fires with None whatever happens: a cancel has no reply.
+    :param opening: fires with the UpstreamProtocol once the leg is ready.
+    :return: fires with None whatever happens: a cancel has no reply.
     """
     done: defer.Deferred[None] = defer.Deferred()
     sink = _CancelSink(done)

@@ -6,8 +6,8 @@ Twisted's epoll reactor calls each socket event inside
 ``log.callWithLogger``: it asks the transport for its log prefix and pushes
 it as the legacy log context, so that a ``log.msg`` or ``log.err`` from
 inside names the connection.  On a relayed session that is about a third of
-pgtls's own work per query (callgrind: 111k instructions per relayed query
-with it, 80k without), for a context the relay path has no use for: the
+pgtls's own work per query (README.rst, "Development", has the
+measurement), for a context the relay path has no use for: the
 fast path (:mod:`pgtls.pump`) logs nothing, and the errors that the
 reactor's read-or-write dispatch catches are logged all the same, only
 without the connection's name in front.

@@ -29,8 +29,8 @@ def notify_address(value: str | None) -> str | bytes | None:
     """
     The socket address that ``$NOTIFY_SOCKET`` names.
 
-    @param value: the variable's value, or None when it is not set.
-    @return: a file system path, a bytes address in the abstract namespace
+    :param value: the variable's value, or None when it is not set.
+    :return: a file system path, a bytes address in the abstract namespace
         (``@`` becomes a NUL byte), or None when there is nothing to notify
         (unset, empty, or a kind of address other than AF_UNIX, such as
         ``vsock:``, which pgtls does not speak).
@@ -48,7 +48,7 @@ def format_state(fields: Mapping[str, str | int]) -> bytes:
     """
     One notification: ``NAME=VALUE`` lines in the order given.
 
-    @raise ValueError: a name or value holds a newline (or a name an ``=``),
+    :raises ValueError: a name or value holds a newline (or a name an ``=``),
         which would forge another assignment.
     """
     lines = []
@@ -70,7 +70,7 @@ class Notifier:
 
     def __init__(self, address: str | bytes | None) -> None:
         """
-        @param address: where to send (see L{notify_address}); None sends nothing.
+        :param address: where to send (see :func:`notify_address`); None sends nothing.
         """
         self.address = address
 
@@ -89,10 +89,10 @@ class Notifier:
         """
         Send one notification, e.g. ``notify(READY=1, STATUS="...")``.
 
-        @return: whether it was sent; False when disabled or when the socket
+        :return: whether it was sent; False when disabled or when the socket
             refused it (systemd gone, queue full): a notification is never
             worth failing for.
-        @raise ValueError: see L{format_state}.
+        :raises ValueError: see :func:`format_state`.
         """
         message = format_state(fields)
         if self.address is None:

@@ -32,10 +32,10 @@ from pgtls.listening import (
 )
 from pgtls.loader import StartupError, load_hba, load_server_config
 from pgtls.metrics import metrics_service
+from pgtls.passphrase import terminal_passphrase
 from pgtls.sdnotify import Notifier, monotonic_usec
 from pgtls.shutdown import ShutdownService
 from pgtls.startprobe import StartProbeService
-from pgtls.tlsctx import terminal_passphrase
 from pgtls.upstreamcheck import upstream_warnings
 
 __all__ = ["NotifyService", "Options", "ReloadService", "makeService"]

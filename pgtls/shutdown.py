@@ -37,7 +37,7 @@ class ShutdownService(Service):
     and pgtls exits once every connection has ended, or terminates what is
     left as a fast shutdown when pgtls.smart_shutdown_timeout expires.
     SIGINT is a fast shutdown: every session gets FATAL 57P01 and is closed
-    (see L{pgtls.frontdoor.FrontDoor.terminate}); a connection that has not
+    (see :meth:`pgtls.frontdoor.FrontDoor.terminate`); a connection that has not
     closed within FAST_SHUTDOWN_GRACE is aborted.  A SIGINT during a smart
     shutdown makes it fast.  The ports stay open until the end, so that
     clients are told rather than refused; then the reactor stops.
@@ -45,7 +45,7 @@ class ShutdownService(Service):
     Two smart shutdowns leave the port to other processes instead: on
     sockets bound with SO_REUSEPORT (pgtls.so_reuseport) the ports are
     closed (the kernel sends new clients to the other processes on the
-    port), and after a hand-over (SIGUSR2, L{pgtls.handover}) they stop
+    port), and after a hand-over (SIGUSR2, :mod:`pgtls.handover`) they stop
     accepting (the new process accepts on the same sockets).  Neither
     refuses a connection it has already accepted.
     """
@@ -62,7 +62,7 @@ class ShutdownService(Service):
         listen: ListenService | None = None,
     ) -> None:
         """
-        @param listen: the ports, closed or paused by the smart shutdowns
+        :param listen: the ports, closed or paused by the smart shutdowns
             that leave the port to other processes; None keeps them open.
         """
         self.reactor = reactor
@@ -71,7 +71,7 @@ class ShutdownService(Service):
         self.grace = grace
         self.listen = listen
         self.mode: Mode | None = None
-        #: Whether a new process took the sockets over (L{hand_over}).
+        #: Whether a new process took the sockets over (:meth:`hand_over`).
         self.handed_over = False
         self._timer: IDelayedCall | None = None
         self._reactor_stopping = False
@@ -126,7 +126,7 @@ class ShutdownService(Service):
 
     def take_back(self) -> None:
         """
-        The new process ended after a L{hand_over}, while this one was still
+        The new process ended after a :meth:`hand_over`, while this one was still
         ending: accept again and serve on, as systemd's main process again.
         """
         if not self.handed_over or self.mode != SMART:

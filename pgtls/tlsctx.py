@@ -3,26 +3,25 @@ The server's TLS context, built once at start from the settings, as
 PostgreSQL's be_tls_init builds its SSL_CTX.
 
 :func:`load_server_tls` checks and loads the certificate chain, the private
-key (asking for its passphrase if it needs one), the CA and CRL files, and
-applies the protocol, cipher, curve and ALPN policy.  Every problem is a
-:class:`TLSConfigError` whose text is one line in PostgreSQL's words.
-:func:`describe_connection` reports what a finished handshake agreed on.
+key (its passphrase from passphrase.py if it needs one), the CA and CRL
+files, and applies the protocol, cipher, curve and ALPN policy.  Every
+problem is a :class:`TLSConfigError` whose text is one line in PostgreSQL's
+words.  :func:`describe_connection` reports what a finished handshake agreed
+on; dn.py prints its client certificate's subject.
 
-The Twisted shell hands :class:`ServerTLS` to ``transport.startTLS``; this
-module never touches the reactor.
+The Twisted shell hands :class:`ServerTLS` to
+:func:`pgtls.fastwrite.start_tls`, which layers TLS through the fast path's
+seam in _internals.py, or through ``transport.startTLS`` when the fast path
+is off; this module never touches the reactor.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import os
 import re
-import signal
 import stat
-import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,7 +34,17 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from pgtls.conf import Settings
+from pgtls.dn import rfc2253_name
 from pgtls.hba import ClientCert
+
+# Re-exported: callers import these from here, as before the split.
+from pgtls.passphrase import (
+    PASSPHRASE_COMMAND_TIMEOUT,
+    PASSPHRASE_PROMPT,
+    run_passphrase_command,
+    terminal_passphrase,
+)
+from pgtls.tlserrors import TLSConfigError, openssl_reason
 
 if TYPE_CHECKING:
     from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -58,14 +67,8 @@ __all__ = [
     "terminal_passphrase",
 ]
 
-#: The prompt OpenSSL shows, and PostgreSQL substitutes for ``%p``.
-PASSPHRASE_PROMPT = "Enter PEM pass phrase:"
-
 #: PostgreSQL's ALPN protocol id (PG_ALPN_PROTOCOL).
 ALPN_PROTOCOL = b"postgresql"
-
-#: How long ssl_passphrase_command may take before pgtls gives up.
-PASSPHRASE_COMMAND_TIMEOUT = 60.0
 
 _PROTOCOL_VERSIONS = {
     "TLSv1": SSL.TLS1_VERSION,
@@ -115,47 +118,6 @@ _KEY_MODE_DETAIL = (
     "or permissions u=rw,g=r (0640) or less if owned by root."
 )
 
-# OpenSSL's short names for the subject attributes cryptography would print
-# as dotted OIDs (or spell differently), so DNs read as PostgreSQL logs them.
-_OPENSSL_ATTRIBUTE_NAMES = {
-    NameOID.EMAIL_ADDRESS: "emailAddress",
-    NameOID.STREET_ADDRESS: "street",
-    NameOID.SERIAL_NUMBER: "serialNumber",
-    NameOID.SURNAME: "SN",
-    NameOID.GIVEN_NAME: "GN",
-    NameOID.TITLE: "title",
-    NameOID.INITIALS: "initials",
-    NameOID.GENERATION_QUALIFIER: "generationQualifier",
-    NameOID.X500_UNIQUE_IDENTIFIER: "x500UniqueIdentifier",
-    NameOID.DN_QUALIFIER: "dnQualifier",
-    NameOID.PSEUDONYM: "pseudonym",
-    NameOID.POSTAL_ADDRESS: "postalAddress",
-    NameOID.POSTAL_CODE: "postalCode",
-    NameOID.BUSINESS_CATEGORY: "businessCategory",
-    NameOID.JURISDICTION_COUNTRY_NAME: "jurisdictionC",
-    NameOID.JURISDICTION_STATE_OR_PROVINCE_NAME: "jurisdictionST",
-    NameOID.JURISDICTION_LOCALITY_NAME: "jurisdictionL",
-    NameOID.UNSTRUCTURED_NAME: "unstructuredName",
-    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
-    NameOID.INN: "INN",
-    NameOID.OGRN: "OGRN",
-    NameOID.SNILS: "SNILS",
-}
-
-
-class TLSConfigError(Exception):
-    """
-    The SSL files or settings cannot make a server context.
-
-    ``message`` is PostgreSQL's error message, ``detail`` its DETAIL line or
-    None; ``str()`` is the two joined on one line.
-    """
-
-    def __init__(self, message: str, detail: str | None = None) -> None:
-        self.message = message
-        self.detail = detail
-        super().__init__(message if detail is None else f"{message}: {detail}")
-
 
 class NoApplicationProtocol(SSL.Error):
     """
@@ -200,7 +162,7 @@ class ServerTLS:
         """
         Make the OpenSSL connection for one client.
 
-        @param tlsProtocol: the Twisted TLS protocol it will serve (unused:
+        :param tlsProtocol: the Twisted TLS protocol it will serve (unused:
             every client gets the same context).
         """
         return SSL.Connection(self.context, None)
@@ -233,16 +195,16 @@ def load_server_tls(
     """
     Build the server context from the settings, in PostgreSQL's order.
 
-    @param settings: the loaded settings; file names are absolute.
-    @param ask_passphrase: called with the prompt when the key is encrypted
+    :param settings: the loaded settings; file names are absolute.
+    :param ask_passphrase: called with the prompt when the key is encrypted
         and no ssl_passphrase_command is set (e.g. :func:`terminal_passphrase`);
         asked again, up to ``max_attempts`` times, while the passphrase is wrong.
-    @param max_attempts: how many passphrases ``ask_passphrase`` may offer.
-    @param command_timeout: seconds ssl_passphrase_command may run.
-    @raise TLSConfigError: a file is missing, unreadable, unsafe, malformed or
+    :param max_attempts: how many passphrases ``ask_passphrase`` may offer.
+    :param command_timeout: seconds ssl_passphrase_command may run.
+    :raises TLSConfigError: a file is missing, unreadable, unsafe, malformed or
         mismatched, the passphrase is missing or wrong, or a setting has no
         valid value.
-    @raise ValueError: max_attempts is less than 1.
+    :raises ValueError: max_attempts is less than 1.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -292,8 +254,8 @@ def describe_connection(conn: SSL.Connection) -> TLSInfo:
     file; one whose Common Name contains a NUL byte (which PostgreSQL refuses
     to use) is reported as no certificate.
 
-    @param conn: the server side of the connection.
-    @raise ValueError: the handshake has not completed.
+    :param conn: the server side of the connection.
+    :raises ValueError: the handshake has not completed.
     """
     cipher = conn.get_cipher_name()
     bits = conn.get_cipher_bits()
@@ -318,10 +280,10 @@ def check_key_file_permissions(
     It must be a regular file owned by the server's user (then no group or
     other access) or by root (then at most 0640).
 
-    @param path: the key file.
-    @param euid: the server's user id; the effective uid by default.
-    @param shown: the name the messages quote (default: ``path``).
-    @raise TLSConfigError: the file cannot be stat'ed or is unsafe.
+    :param path: the key file.
+    :param euid: the server's user id; the effective uid by default.
+    :param shown: the name the messages quote (default: ``path``).
+    :raises TLSConfigError: the file cannot be stat'ed or is unsafe.
     """
     if euid is None:
         euid = os.geteuid()
@@ -351,76 +313,6 @@ def check_key_file_permissions(
         )
 
 
-def run_passphrase_command(
-    command: str, *, prompt: str = PASSPHRASE_PROMPT, timeout: float = PASSPHRASE_COMMAND_TIMEOUT
-) -> bytes:
-    """
-    Run ssl_passphrase_command and return the passphrase it prints.
-
-    ``%p`` in the command becomes the prompt and ``%%`` a single ``%``; the
-    command runs under ``sh -c`` with pgtls's stdin and stderr; the first
-    line of its output, without trailing CR/LF, is the passphrase.
-
-    @param command: the ssl_passphrase_command setting.
-    @param prompt: what ``%p`` stands for.
-    @param timeout: seconds to wait before killing the command.
-    @raise TLSConfigError: the command could not run, failed or timed out.
-    """
-    expanded = _expand_passphrase_command(command, prompt)
-    try:
-        done = subprocess.run(
-            ["/bin/sh", "-c", expanded], stdout=subprocess.PIPE, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        # "from None": the exception holds whatever the command printed.
-        raise TLSConfigError(
-            f'command "{expanded}" failed', f"no pass phrase within {timeout:g} seconds"
-        ) from None
-    except OSError as error:
-        raise TLSConfigError(f'could not execute command "{expanded}": {error.strerror}') from None
-    if done.returncode != 0:
-        raise TLSConfigError(f'command "{expanded}" failed', _wait_status(done.returncode))
-    first_line = done.stdout.split(b"\n", 1)[0]
-    del done
-    return first_line.rstrip(b"\r")
-
-
-def terminal_passphrase(prompt: str) -> str:
-    """
-    Ask for the key's passphrase on the controlling terminal, echo off.
-
-    @param prompt: shown before reading.
-    @raise TLSConfigError: there is no controlling terminal, or it was closed
-        before a line was read.
-    """
-    try:
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
-    except OSError as error:
-        raise TLSConfigError(
-            f"no terminal to ask for its pass phrase ({error.strerror})",
-            "run pgtls in the foreground on a terminal, or set ssl_passphrase_command",
-        ) from None
-    os.close(fd)
-    # getpass falls back to reading stdin with echo on, with a warning: never
-    # let a passphrase be typed visibly.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", getpass.GetPassWarning)
-        try:
-            return getpass.getpass(prompt)
-        except (getpass.GetPassWarning, EOFError):
-            raise TLSConfigError("the terminal gave no pass phrase") from None
-
-
-def openssl_reason(error: Exception) -> str:
-    """The first reason in an OpenSSL error queue, as PostgreSQL's SSLerrmessage."""
-    queue = error.args[0] if error.args else None
-    if isinstance(queue, list):
-        for entry in queue:
-            if isinstance(entry, tuple) and len(entry) == 3 and entry[2]:
-                return str(entry[2])
-    return "no SSL error reported"
-
-
 def read_file(path: str) -> bytes:
     """The bytes of ``path``; OSError as open() raises it."""
     with open(path, "rb") as f:
@@ -431,8 +323,8 @@ def _load_certificate_chain(context: SSL.Context, path: str, shown: str) -> x509
     """
     Load the server certificate and any intermediates after it.
 
-    @param shown: the file's name as ssl_cert_file gives it, for messages.
-    @return: the server certificate, for the key check; None if only
+    :param shown: the file's name as ssl_cert_file gives it, for messages.
+    :return: the server certificate, for the key check; None if only
         OpenSSL's chain reader understood the file.
     """
 
@@ -559,7 +451,7 @@ def file_setting(settings: Settings, name: str) -> str:
     PostgreSQL's messages name the file, rather than the absolute path
     pgtls opens (relative names are relative to the data directory).
 
-    @param name: ``ssl_cert_file``, ``ssl_key_file``, ``ssl_ca_file`` or
+    :param name: ``ssl_cert_file``, ``ssl_key_file``, ``ssl_ca_file`` or
         ``ssl_crl_file``.
     """
     for setting, text in settings.raw_values:
@@ -681,7 +573,7 @@ def _load_client_ca(context: SSL.Context, settings: Settings) -> bool:
     CertificateRequest; request a certificate from every client but let one
     without a certificate finish the handshake.
 
-    @return: whether a CA file was loaded.
+    :return: whether a CA file was loaded.
     """
     path = settings.ssl_ca_file
     if not _wanted(settings, "ssl_ca_file", path):
@@ -732,23 +624,6 @@ def _load_crl(context: SSL.Context, settings: Settings) -> None:
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
 
 
-def _expand_passphrase_command(command: str, prompt: str) -> str:
-    """Replace ``%p`` with the prompt and ``%%`` with ``%``; keep other ``%``."""
-    return re.sub(r"%([p%])", lambda m: prompt if m.group(1) == "p" else "%", command)
-
-
-def _wait_status(returncode: int) -> str:
-    """PostgreSQL's wait_result_to_str, from subprocess's returncode."""
-    if returncode < 0:
-        number = -returncode
-        return f"child process was terminated by signal {number}: {signal.strsignal(number)}"
-    if returncode == 126:
-        return "command not executable"
-    if returncode == 127:
-        return "command not found"
-    return f"child process exited with exit code {returncode}"
-
-
 def _verified_client_cert(conn: SSL.Connection) -> ClientCert | None:
     if conn.get_peer_certificate(as_cryptography=True) is None:
         return None
@@ -761,30 +636,3 @@ def _verified_client_cert(conn: SSL.Connection) -> ClientCert | None:
     if cn is not None and "\0" in cn:
         return None
     return ClientCert(cn=cn, dn=rfc2253_name(subject))
-
-
-def rfc2253_name(name: x509.Name) -> str:
-    """
-    A name as OpenSSL's ``X509_NAME_print_ex(..., XN_FLAG_RFC2253)`` prints it,
-    which is what PostgreSQL matches ``clientname=DN`` against: last RDN
-    first, OpenSSL's short attribute names, RFC 2253 escapes, and control
-    characters and non-ASCII UTF-8 bytes as ``\\XX``.
-
-    Attribute types neither cryptography nor the table above names are
-    printed as dotted OIDs with their string value (OpenSSL would give the
-    value's DER in hex).
-    """
-    rdns = [
-        "+".join(attr.rfc4514_string(_OPENSSL_ATTRIBUTE_NAMES) for attr in reversed(list(rdn)))
-        for rdn in reversed(name.rdns)
-    ]
-    return "".join(_escape_like_openssl(char) for char in ",".join(rdns))
-
-
-def _escape_like_openssl(char: str) -> str:
-    code = ord(char)
-    if code < 0x20 or code == 0x7F:
-        return f"\\{code:02X}"
-    if code > 0x7F:
-        return "".join(f"\\{byte:02X}" for byte in char.encode("utf-8"))
-    return char

@@ -19,6 +19,7 @@ from OpenSSL import SSL
 
 from pgtls import channelbinding
 from pgtls.conninfo import Upstream, format_conninfo
+from pgtls.dn import rfc2253_name
 from pgtls.negotiation import (
     SSL_REQUEST,
     Action,
@@ -30,7 +31,6 @@ from pgtls.negotiation import (
     SendSSLRequest,
     StartTLS,
 )
-from pgtls.tlsctx import rfc2253_name
 from pgtls.upstreamctx import UpstreamTLS, describe_handshake_failure
 
 __all__ = ["probe_upstream", "upstream_warnings"]
@@ -73,10 +73,10 @@ def probe_upstream(
     """
     Connect to the upstream as a session would and describe what happened.
 
-    @param server_cert: pgtls's own certificate, to say whether SCRAM
+    :param server_cert: pgtls's own certificate, to say whether SCRAM
         channel binding can pass (see pgtls.channelbinding).
 
-    @return: report lines; those starting ``warning:`` say the upstream
+    :return: report lines; those starting ``warning:`` say the upstream
         did not answer or the leg failed.
     """
     lines = [f"upstream: {format_conninfo(upstream)}"]

@@ -126,9 +126,9 @@ def load_upstream_tls(upstream: Upstream) -> UpstreamTLS | None:
     """
     Build the client context of the upstream leg.
 
-    @param upstream: the parsed ``pgtls.upstream``; file names absolute.
-    @return: None when the leg never uses TLS (a Unix socket, sslmode=disable).
-    @raise UpstreamTLSError: a named file is missing, unreadable, malformed
+    :param upstream: the parsed ``pgtls.upstream``; file names absolute.
+    :return: None when the leg never uses TLS (a Unix socket, sslmode=disable).
+    :raises UpstreamTLSError: a named file is missing, unreadable, malformed
         or (a key) too readable; a verifying sslmode without sslrootcert.
     """
     if not upstream.uses_tls:
@@ -284,7 +284,7 @@ def check_client_key_permissions(path: str, *, euid: int | None = None) -> None:
     a key of pgtls's own user must allow no group or other access (0600),
     a root-owned key at most group read (0640).
 
-    @raise UpstreamTLSError: libpq's message.
+    :raises UpstreamTLSError: libpq's message.
     """
     euid = os.geteuid() if euid is None else euid
     try:

@@ -68,8 +68,8 @@ def describe_failure(failure: Failure, upstream: Upstream) -> tuple[FailureReaso
     """
     Why connecting to the upstream failed, in libpq's words, with its label.
 
-    @param failure: what the connect Deferred failed with.
-    @param upstream: the upstream, to name a host that did not resolve.
+    :param failure: what the connect Deferred failed with.
+    :param upstream: the upstream, to name a host that did not resolve.
     """
     value = failure.value
     if isinstance(value, UpstreamFailure):
@@ -102,19 +102,19 @@ def open_upstream(
     """
     Open the upstream leg as the sslmode says.
 
-    @param endpoint: where the upstream listens.
-    @param plain_factory: the shared factory of plaintext legs (used as is
+    :param endpoint: where the upstream listens.
+    :param plain_factory: the shared factory of plaintext legs (used as is
         when no TLS can be tried).
-    @param upstream: the parsed ``pgtls.upstream``.
-    @param tls: its client context (None when the leg never uses TLS).
-    @param clock: for the negotiation's timeout (``connect_timeout``).
-    @param startup: the client's StartupMessage, when the leg may send it
+    :param upstream: the parsed ``pgtls.upstream``.
+    :param tls: its client context (None when the leg never uses TLS).
+    :param clock: for the negotiation's timeout (``connect_timeout``).
+    :param startup: the client's StartupMessage, when the leg may send it
         itself: with sslmode allow or prefer, libpq tries the other
         encryption on a new connection when the upstream answers it with
         an ErrorResponse (a hostssl or hostnossl rule), and so does pgtls,
         before relaying anything.  The protocol then has ``startup_sent``
         set and what the upstream sent in ``pending``.
-    @return: fires with an UpstreamProtocol ready for the StartupMessage
+    :return: fires with an UpstreamProtocol ready for the StartupMessage
         (``tls`` set when encrypted, ``peer_certificate`` then the
         upstream's certificate), or fails with UpstreamFailure or the
         endpoint's connect error.  Cancelling it closes the connection.

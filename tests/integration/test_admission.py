@@ -1,9 +1,9 @@
 """
 Admission end to end (issue 4): pg_hba.conf and pg_ident.conf decide, a
-refusal is the FATAL ErrorResponse PostgreSQL 15 sends (spec §4, §5), a
+refusal is the FATAL ErrorResponse PostgreSQL 15 sends (src/backend/libpq/hba.c and auth.c), a
 refused connection never reaches the upstream, and SIGHUP re-reads the rules
 and the reloadable settings while the certificate in use stays until a
-restart (spec §6).
+restart (README.rst, "Reload").
 
 Clients are libpq (psql 15 and psycopg's libpq) with explicit sslmodes: with
 ``sslmode=prefer`` libpq retries without SSL after an SSL refusal and shows

@@ -6,9 +6,11 @@ real libpq clients (psql 15, psycopg's libpq 18) and real ``openssl``.
   terminal (a pseudo-terminal here) before twistd daemonizes, or obtained
   from ssl_passphrase_command; never logged.
 - Start-up refusals: one line on stderr, exit status 1 (twistd prints the
-  SystemExit that makeService raises), in PostgreSQL's words (spec §3).
+  SystemExit that makeService raises), in PostgreSQL's words (its
+  src/backend/libpq/be-secure-openssl.c, be_tls_init).
 - root.crt / root.crl and ``pgtls.clientcert``, with pg_hba.conf's ``cert``
-  and ``clientcert=verify-ca`` (spec §4).
+  and ``clientcert=verify-ca`` (PostgreSQL's src/backend/libpq/hba.c and
+  auth.c).
 - The key and certificate made by PostgreSQL 8.2's manual recipe.
 """
 
@@ -39,7 +41,8 @@ from pgtls import certs
 TIMEOUT = 20.0
 ROOT = os.geteuid() == 0
 
-#: What OpenSSL asks, and PostgreSQL substitutes for %p (spec §3.3).
+#: What OpenSSL asks, and PostgreSQL substitutes for %p (be-secure-openssl.c's
+#: ssl_external_passwd_cb, be-secure-common.c's run_ssl_passphrase_command).
 PROMPT = "Enter PEM pass phrase:"
 SECRET = "s3cret pass phrase"
 
@@ -849,7 +852,7 @@ def _params(case: Case, server: PgtlsServer, pki: Pki, clients: ClientFiles) -> 
 def test_client_certificates_with_psql(
     request: pytest.FixtureRequest, case: Case, pki: Pki, clients: ClientFiles, tmp_path: Path
 ) -> None:
-    """psql 15 (libpq 15) is admitted or refused as PostgreSQL would (spec §4)."""
+    """psql 15 (libpq 15) is admitted or refused as PostgreSQL would (hba.c, auth.c)."""
     server = request.getfixturevalue(case.server)
     done = psql(tmp_path, **_params(case, server, pki, clients))
     if case.expected == OK:
@@ -863,7 +866,7 @@ def test_client_certificates_with_psql(
 def test_client_certificates_with_psycopg(
     request: pytest.FixtureRequest, case: Case, pki: Pki, clients: ClientFiles
 ) -> None:
-    """psycopg (libpq 18) is admitted or refused as PostgreSQL would (spec §4)."""
+    """psycopg (libpq 18) is admitted or refused as PostgreSQL would (hba.c, auth.c)."""
     server = request.getfixturevalue(case.server)
     params = _params(case, server, pki, clients)
     if case.client is None and case.sslmode != "disable":

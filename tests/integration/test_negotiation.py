@@ -1,6 +1,7 @@
 """
 The first packets of a connection to a real ``twistd pgtls``, sent with raw
-sockets and compared with PostgreSQL 15's answers (spec §1, §2 and §8).
+sockets and compared with PostgreSQL 15's answers (src/backend/postmaster/postmaster.c:
+ProcessStartupPacket, and BackendInitialize for authentication_timeout).
 
 Most tests share two module-wide pgtls servers, one with ``ssl = on`` and one
 with ``ssl = off``, in front of the session's PostgreSQL; tests that need
@@ -30,10 +31,11 @@ from pgtls import wire
 TIMEOUT = 10.0
 
 #: PostgreSQL 15's answer to a protocol 2.0 StartupMessage, in protocol 2's
-#: format: no length word (spec §1.3, observed bytes).
+#: format: no length word (postmaster.c's ProcessStartupPacket; observed bytes).
 V2_UNSUPPORTED = b"E" + b"FATAL:  unsupported frontend protocol 2.0: server supports 3.0 to 3.0\n\0"
 
-#: NegotiateProtocolVersion for 3.1 with ``_pq_.foo`` as PostgreSQL 15 sent it (spec §1.3).
+#: NegotiateProtocolVersion for 3.1 with ``_pq_.foo`` as PostgreSQL 15 sent it
+#: (postmaster.c's SendNegotiateProtocolVersion).
 NEGOTIATE_PQ_FOO = bytes.fromhex("76 00000015 00030000 00000001 5f70715f2e666f6f00")
 
 MITM_DETAIL = (

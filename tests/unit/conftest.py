@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from socketpairs import clock, pair, small_pair, tls_pair  # noqa: F401 (fixtures)
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from zope.interface import provider
 
 from pgtls import fastpath
 
@@ -29,6 +30,7 @@ def logged_failures() -> Iterator[list[LogEvent]]:
     """
     failures: list[LogEvent] = []
 
+    @provider(ILogObserver)
     def observe(event: LogEvent) -> None:
         if "log_failure" in event:
             failures.append(event)

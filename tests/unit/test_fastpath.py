@@ -54,7 +54,7 @@ def renamed_creator(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def binding_without_ssl_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pump, "_lib", Without(pump._lib, "SSL_read"))
+    monkeypatch.setattr(pump, "_lib", Without(pump._lib, "SSL_read"))  # type: ignore[attr-defined]
 
 
 def binding_without_mem_data(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +142,7 @@ def test_switched_off_in_postgresql_conf() -> None:
     """pgtls.fast_path = off: one info line, no self-test."""
     ran: list[bool] = []
     with capturedLogs() as events:
-        assert fastpath.start(False, {}, lambda: ran.append(True)) is False  # type: ignore[func-returns-value]
+        assert fastpath.start(False, {}, lambda: ran.append(True)) is False
     assert ran == []
     assert not fastpath.on()
     assert [(event["log_level"], event["where"]) for event in events] == [

@@ -143,10 +143,10 @@ def test_tls_close_is_sent_at_once(tls_pair: TLSPair) -> None:
 def test_start_tls_marks_the_transport_as_startTLS_does(tls_pair: TLSPair) -> None:
     """The socket transport gains ISSLTransport and the handle of its TLS connection."""
     transport = tls_pair.transport
-    assert ISSLTransport.providedBy(transport)
-    assert ITCPTransport.providedBy(transport)
     assert transport.TLS
     assert transport.getHandle() is tls_pair.tls._tlsConnection
+    assert ISSLTransport.providedBy(transport)
+    assert ITCPTransport.providedBy(transport)
 
 
 def test_tls_layer_declares_no_interfaces_of_its_own(tls_pair: TLSPair) -> None:
@@ -165,7 +165,13 @@ def test_empty_send_bio_is_not_read(tls_pair: TLSPair, monkeypatch: pytest.Monke
     reads: list[int] = []
     connection = tls_pair.tls._tlsConnection
     original = connection.bio_read
-    monkeypatch.setattr(connection, "bio_read", lambda size: reads.append(size) or original(size))
+
+    def recording_read(size: int) -> bytes:
+        reads.append(size)
+        data: bytes = original(size)
+        return data
+
+    monkeypatch.setattr(connection, "bio_read", recording_read)
     tls_pair.tls._flushSendBIO()
     assert reads == []
     tls_pair.transport.loseConnection()  # a close_notify waits in the BIO: it is read

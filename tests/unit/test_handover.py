@@ -37,6 +37,7 @@ from pgtls.handover import (
 )
 from pgtls.listening import ListenService, bind_shared, listen_descriptions, tcp_address
 from pgtls.sdnotify import Notifier
+from pgtls.tlserrors import TLSConfigError
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,7 @@ def test_channel_metrics_endpoint_adopts_with_the_socket_family() -> None:
 
 def test_no_terminal_passphrase() -> None:
     """A process started by SIGUSR2 cannot prompt: the error says what to set."""
-    with pytest.raises(handover.TLSConfigError) as raised:
+    with pytest.raises(TLSConfigError) as raised:
         handover.no_terminal_passphrase("Enter PEM pass phrase:")
     assert "set ssl_passphrase_command" in str(raised.value)
 
@@ -338,7 +339,7 @@ class HandingOver:
         self.spawned: list[dict[str, Any]] = []
         self.process = FakeProcess()
         self.metrics = FakeMetrics()
-        self.server.reactor.spawnProcess = self._spawn  # type: ignore[method-assign]
+        self.server.reactor.spawnProcess = self._spawn  # type: ignore[attr-defined]
         self.service = HandoverService(
             self.server.reactor,
             self.listen,  # type: ignore[arg-type]

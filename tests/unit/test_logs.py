@@ -280,7 +280,8 @@ def test_upstream_connections_log_no_factory_lines(door: Door) -> None:
     conn.send(wire.ssl_request())
     conn.handshake()
     conn.send(ALICE)
-    factory = door.reactor.tcpClients[-1][2]._wrappedFactory
+    wrapper: Any = door.reactor.tcpClients[-1][2]
+    factory = wrapper._wrappedFactory
     assert isinstance(factory, QuietFactory)
     with capturedLogs() as events:
         factory.doStart()

@@ -522,7 +522,7 @@ def test_make_service_serves_metrics_when_asked(tmp_path: Path, pki: Pki) -> Non
     """With pgtls.metrics_listen, makeService adds the metrics service, fed by the factory."""
     top = make_service(tmp_path, pki, ["pgtls.metrics_listen = 'tcp:0:interface=127.0.0.1'"])
     (service,) = [child for child in top if isinstance(child, MetricsService)]
-    factories = {getattr(child, "factory", None) for child in top} - {None}
+    factories: set[Any] = {getattr(child, "factory", None) for child in top} - {None}
     assert [factory.metrics for factory in factories] == [service.metrics]
 
 
@@ -530,7 +530,7 @@ def test_make_service_without_metrics(tmp_path: Path, pki: Pki) -> None:
     """By default there is no metrics service and the factory keeps no metrics."""
     top = make_service(tmp_path, pki, [])
     assert not [child for child in top if isinstance(child, MetricsService)]
-    factories = {getattr(child, "factory", None) for child in top} - {None}
+    factories: set[Any] = {getattr(child, "factory", None) for child in top} - {None}
     assert [factory.metrics for factory in factories] == [None]
 
 

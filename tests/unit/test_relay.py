@@ -19,7 +19,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorSocket
+from twisted.internet.interfaces import IReactorSocket, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
@@ -29,8 +29,10 @@ from pgtls.conninfo import parse_conninfo
 from pgtls.relay import UNIXAtOnceEndpoint, upstream_endpoint
 
 
+# Only adoptStreamConnection, all UNIXAtOnceEndpoint calls; declared so
+# that relay.upstream_endpoint's providedBy check sees a socket reactor.
 @implementer(IReactorSocket)
-class AdoptingReactor:
+class AdoptingReactor:  # type: ignore[misc]
     """Adopts a connected socket as a reactor does: a duplicate, and the factory's protocol."""
 
     def __init__(self) -> None:
@@ -46,6 +48,7 @@ class AdoptingReactor:
             adopted.close()
 
 
+@implementer(IStreamClientEndpoint)
 class RecordingEndpoint:
     """The fallback endpoint: records the factories it is asked to connect."""
 
@@ -104,7 +107,7 @@ def test_failed_adoption_fails_the_connect(path: str) -> None:
     """The reactor cannot take the socket (no descriptor left): a failed Deferred, not a raise."""
 
     @implementer(IReactorSocket)
-    class Exhausted:
+    class Exhausted:  # type: ignore[misc]  # only what the endpoint calls
         def adoptStreamConnection(self, fd: int, family: int, factory: Any) -> None:
             raise OSError(errno.EMFILE, "Too many open files")
 

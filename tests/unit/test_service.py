@@ -581,7 +581,8 @@ class Reloading:
         transport = StringTransport(peerAddress=CLIENT)
         protocol.makeConnection(transport)
         protocol.dataReceived(startup)
-        return transport.value()
+        answer: bytes = transport.value()
+        return answer
 
 
 ALICE = wire.startup_message({"user": "alice", "database": "app"})

@@ -8,10 +8,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import pty
-import select
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -47,8 +43,6 @@ from pgtls.tlsctx import (
     check_key_file_permissions,
     describe_connection,
     load_server_tls,
-    rfc2253_name,
-    terminal_passphrase,
 )
 
 KEY_MODE_DETAIL = (
@@ -589,60 +583,6 @@ def test_certificate_without_cn_has_dn_only(datadir: Path, pki: PKI) -> None:
     assert describe_connection(result.server).client_cert == ClientCert(None, "O=Test")
 
 
-@pytest.mark.parametrize(
-    ("subject", "expected"),
-    [
-        (
-            name((NameOID.ORGANIZATION_NAME, "Test"), (NameOID.COMMON_NAME, "alice")),
-            "CN=alice,O=Test",
-        ),
-        (
-            name(
-                (NameOID.COUNTRY_NAME, "DE"),
-                (NameOID.ORGANIZATION_NAME, 'Acme, Inc.+<x>;"q"\\'),
-                (NameOID.ORGANIZATIONAL_UNIT_NAME, "#lead"),
-                (NameOID.COMMON_NAME, " Jöhn€ "),
-                (NameOID.EMAIL_ADDRESS, "j@example.com"),
-            ),
-            "emailAddress=j@example.com,CN=\\ J\\C3\\B6hn\\E2\\82\\AC\\ ,OU=\\#lead,"
-            'O=Acme\\, Inc.\\+\\<x\\>\\;\\"q\\"\\\\,C=DE',
-        ),
-        (
-            x509.Name(
-                [
-                    x509.RelativeDistinguishedName(
-                        [
-                            x509.NameAttribute(NameOID.COMMON_NAME, "bob"),
-                            x509.NameAttribute(NameOID.USER_ID, "u1"),
-                        ]
-                    ),
-                    x509.RelativeDistinguishedName(
-                        [x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "example")]
-                    ),
-                ]
-            ),
-            "DC=example,UID=u1+CN=bob",
-        ),
-        (
-            name(
-                (NameOID.STREET_ADDRESS, "Main St"),
-                (NameOID.SERIAL_NUMBER, "42"),
-                (NameOID.GIVEN_NAME, "J"),
-                (NameOID.COMMON_NAME, "tab\there"),
-            ),
-            "CN=tab\\09here,GN=J,serialNumber=42,street=Main St",
-        ),
-    ],
-)
-def test_dn_is_printed_as_openssl_rfc2253(subject: x509.Name, expected: str) -> None:
-    """
-    DNs read as `openssl x509 -nameopt RFC2253` prints them (the expected
-    strings come from that command): last RDN first, OpenSSL short names,
-    RFC 2253 escapes, control and non-ASCII bytes as \\XX.
-    """
-    assert rfc2253_name(subject) == expected
-
-
 # -- file errors ---------------------------------------------------------------------
 
 
@@ -969,72 +909,6 @@ def test_encrypted_key_and_no_terminal_names_the_key(datadir: Path, pki: PKI) ->
     assert config_error(settings, ask_passphrase=no_terminal).startswith(
         'could not load private key file "keys/db.key": no terminal'
     )
-
-
-# -- the terminal ---------------------------------------------------------------------------
-
-ASK_ON_TERMINAL = """
-from pgtls.tlsctx import TLSConfigError, terminal_passphrase
-try:
-    answer = terminal_passphrase("Pass phrase please:")
-except TLSConfigError as error:
-    print("ERROR", error)
-else:
-    print("REVERSED", answer[::-1])
-"""
-
-
-def test_terminal_passphrase_without_a_terminal() -> None:
-    """A process with no controlling terminal gets a TLSConfigError, not a hang."""
-    done = subprocess.run(
-        [sys.executable, "-c", ASK_ON_TERMINAL],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        start_new_session=True,
-        timeout=30,
-        check=True,
-    )
-    assert done.stdout.startswith(b"ERROR no terminal to ask for its pass phrase (")
-
-
-def _read_pty(fd: int, until: bytes | None, deadline: float) -> bytes:
-    data = b""
-    while time.monotonic() < deadline and (until is None or until not in data):
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:  # EIO: the child has exited and closed the terminal
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def test_terminal_passphrase_reads_the_terminal_without_echo() -> None:
-    """On a terminal the prompt is shown and the typed passphrase is not echoed."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec at once, never return into pytest
-        os.execv(sys.executable, [sys.executable, "-c", ASK_ON_TERMINAL])
-    try:
-        deadline = time.monotonic() + 30
-        output = _read_pty(fd, b"Pass phrase please:", deadline)
-        os.write(fd, b"s3cret\n")
-        output += _read_pty(fd, None, deadline)
-    finally:
-        os.close(fd)
-        os.waitpid(pid, 0)
-    assert b"Pass phrase please:" in output
-    assert b"REVERSED terc3s" in output
-    assert b"s3cret" not in output
-
-
-def test_terminal_passphrase_is_the_callers_default_shape() -> None:
-    """terminal_passphrase fits load_server_tls's ask_passphrase parameter."""
-    ask: Callable[[str], str] = terminal_passphrase
-    assert callable(ask)
 
 
 # -- through Twisted's TLS layer ----------------------------------------------------------

@@ -67,7 +67,10 @@ def haproxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 
 
 def events(server: PgtlsServer) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in server.log_text().splitlines() if line.strip()]
+    """The JSON events logged so far; a line pgtls is still writing waits for the next read."""
+    text = server.log_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def wait_for_event(

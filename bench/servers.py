@@ -29,7 +29,7 @@ sys.path.insert(0, str(_REPO / "tests" / "integration"))
 from pgserver import PostgresServer  # noqa: E402
 from pgtlsproc import TWISTD, PgtlsServer, Pki, free_port, make_datadir  # noqa: E402
 
-from pgtls import certs  # noqa: E402
+from pgtls.tls import certs  # noqa: E402
 
 __all__ = [
     "BENCH_DB",

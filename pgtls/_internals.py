@@ -1,15 +1,15 @@
 """
 Every use of Twisted's and pyOpenSSL's private internals, in one place.
 
-The relay's fast path (:mod:`pgtls.pump`, :mod:`pgtls.fastwrite`,
-:mod:`pgtls.relayreactor`) reaches below the two libraries' public APIs:
+The relay's fast path (:mod:`pgtls.relay.pump`, :mod:`pgtls.relay.fastwrite`,
+:mod:`pgtls.relay.reactor`) reaches below the two libraries' public APIs:
 pyOpenSSL's binding of OpenSSL (``OpenSSL._util``) and an SSL Connection's
 ``_ssl`` and memory BIOs; Twisted's TLS layer's private state and set-up
 (its factory's connection creator, ``_get_default_clock``,
 ``twisted.internet._newtls``); a socket transport's send queue; the epoll
 reactor's poller and selectables.  This module is the only one that does;
 the others use its names.  An upgrade that moves one of them breaks this
-module alone, and :mod:`pgtls.fastpath`'s self-test, run at start, notices
+module alone, and :mod:`pgtls.relay.fastpath`'s self-test, run at start, notices
 and turns the fast path off: pgtls then serves every session through the
 public path (``transport.startTLS``, ordinary protocols, the stock reactor).
 
@@ -23,7 +23,7 @@ The TLS primitives are not tied to the server side: :func:`tls_handles`,
 layers, client or server, so a session with TLS on both legs can decrypt
 and encrypt each the same way.
 
-The PROXY protocol reader (:mod:`pgtls._haproxy`) uses Twisted's parsers,
+The PROXY protocol reader (:mod:`pgtls.relay._haproxy`) uses Twisted's parsers,
 which ``twisted.protocols.haproxy`` keeps private (it exports only
 ``proxyEndpoint``, a wrapper that would sit under every relayed message):
 :class:`V1Parser`, :class:`V2Parser`, :class:`ProxyInfo` and
@@ -325,7 +325,7 @@ def start_tls_on_socket(transport: Any, creator: Any, clock: IReactorTime | None
 # -- the epoll reactor ---------------------------------------------------------
 
 
-# The attribute that opts a descriptor in (see pgtls.relayreactor); on the
+# The attribute that opts a descriptor in (see pgtls.relay.reactor); on the
 # transport rather than a set of file descriptors kept here, it lives and
 # dies with the transport, so a descriptor number used again by a later
 # connection never inherits it.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from libpqclients import RUNNERS, Runner
 from pgserver import PostgresNotInstalled, PostgresServer, find_bindir
 from pgtlsproc import PgtlsServer, Pki, free_port, make_datadir
 
@@ -102,3 +103,15 @@ def pgtls(tmp_path: Path, pki: Pki, postgres: PostgresServer) -> Iterator[PgtlsL
         yield launcher
     finally:
         launcher.stop_all()
+
+
+@pytest.fixture(params=sorted(RUNNERS))
+def client(request: pytest.FixtureRequest) -> Runner:
+    """Each test using this runs once with psql 15 and once with psycopg."""
+    return RUNNERS[request.param]
+
+
+@pytest.fixture(scope="module")
+def no_root_cert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A root certificate file that does not exist: sslmode=require verifies nothing."""
+    return str(tmp_path_factory.mktemp("client") / "absent-root.crt")

@@ -19,7 +19,8 @@ from pathlib import Path
 import psycopg
 from ports import free_port as free_port
 
-from pgtls import certs, fastpath
+from pgtls.relay import fastpath
+from pgtls.tls import certs
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 REPO = Path(__file__).resolve().parents[2]

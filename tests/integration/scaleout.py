@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 from pgtlsproc import REPO, TWISTD, PgtlsServer, connect_verified
 
-from pgtls import wire
+from pgtls.core import wire
 
 TIMEOUT = 20.0
 

@@ -28,7 +28,8 @@ import pytest
 from pgserver import ALICE_PASSWORD, TEST_DB, PostgresServer
 from pgtlsproc import PgtlsServer, Pki, free_port
 
-from pgtls import certs, wire
+from pgtls.core import wire
+from pgtls.tls import certs
 
 # Bounds every client: a server that waits instead of answering fails the
 # test rather than hanging it.

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from libpqclients import RUNNERS, Runner
 from pgserver import ALICE, ALICE_PASSWORD, TEST_DB, PostgresServer, find_bindir
 from pgtlsproc import PgtlsServer, Pki, free_port, make_datadir
-from test_libpq import RUNNERS, Runner
 from tlsupstream import UpstreamPki
 
-from pgtls import certs
-from pgtls.check import check_report
+from pgtls.admin.check import check_report
+from pgtls.tls import certs
 
 CHECK_FAILED = "SCRAM channel binding check failed"
 NOT_OFFERED = (
@@ -57,18 +57,6 @@ def plaintext_leg(port: int) -> str:
 def tls_leg(port: int, root_cert: Path) -> str:
     """pgtls.upstream for pgtls's own TLS leg to 127.0.0.1:``port``, verified as libpq would."""
     return f"host=127.0.0.1 port={port} sslmode=verify-full sslrootcert={root_cert}"
-
-
-@pytest.fixture(params=sorted(RUNNERS))
-def client(request: pytest.FixtureRequest) -> Runner:
-    """Each test using this runs once with psql 15 and once with psycopg."""
-    return RUNNERS[request.param]
-
-
-@pytest.fixture(scope="module")
-def no_root_cert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A root certificate file that does not exist: sslmode=require verifies nothing."""
-    return str(tmp_path_factory.mktemp("client") / "absent-root.crt")
 
 
 def alice(server: PgtlsServer, channel_binding: str, no_root_cert: str) -> dict[str, object]:
@@ -175,7 +163,7 @@ def test_binding_to_pgtls_certificate_is_refused_and_explained(
     assert not outcome.connected
     assert f"FATAL:  {CHECK_FAILED}" in outcome.error
     log = other_cert_leg.wait_for_log(PGTLS_EXPLAINS)
-    verdict = "[pgtls.frontdoor.FrontDoorFactory#warn] channel binding: pgtls's certificate"
+    verdict = "[pgtls.relay.frontdoor.FrontDoorFactory#warn] channel binding: pgtls's certificate"
     assert log.count(verdict) == 1, log
 
 
@@ -225,7 +213,7 @@ def test_a_shared_certificate_binds_end_to_end(
     assert "refused SCRAM channel binding" not in log
     assert "channel binding: pgtls's certificate" not in log
     assert (
-        "[pgtls.frontdoor.FrontDoorFactory#info] channel binding: pgtls presents the "
+        "[pgtls.relay.frontdoor.FrontDoorFactory#info] channel binding: pgtls presents the "
         "upstream's own certificate"
     ) in log
 
@@ -289,13 +277,15 @@ def test_the_certificates_are_compared_at_start(tmp_path: Path, pki: Pki, shared
         certs.write_key(str(tmp_path / "server.key"), pki.server.key)
         cert, key, ca = tmp_path / "server.crt", tmp_path / "server.key", pki.ca_file
         expected = (
-            "[pgtls.frontdoor.FrontDoorFactory#info] channel binding: pgtls presents the "
+            "[pgtls.relay.frontdoor.FrontDoorFactory#info] channel binding: pgtls presents the "
             "upstream's own certificate"
         )
     else:
         upstream_pki = UpstreamPki(tmp_path / "upstream-pki")
         cert, key, ca = upstream_pki.server_cert, upstream_pki.server_key, upstream_pki.ca_file
-        expected = "[pgtls.frontdoor.FrontDoorFactory#warn] channel binding: pgtls's certificate"
+        expected = (
+            "[pgtls.relay.frontdoor.FrontDoorFactory#warn] channel binding: pgtls's certificate"
+        )
     settings = {"log_connections": "on"}
     with upstream_server(ssl_cert_file=cert, ssl_key_file=key, settings=settings) as pg:
         server = _started_without_clients(tmp_path / "pgtls", pki, tls_leg(pg.port, ca), expected)

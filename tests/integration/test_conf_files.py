@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pgserver import find_bindir
 
-from pgtls.conf import load_settings
+from pgtls.core.conf import load_settings
 
 TIMEOUT = 30
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import pgtls
-from pgtls import initdir
+from pgtls.admin import initdir
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/opt/pgtls"
@@ -154,7 +154,7 @@ def test_staged_twistd_lists_pgtls(staged: Staged) -> None:
 def test_staged_init_writes_the_sample_files(staged: Staged, tmp_path: Path) -> None:
     """
     The staged pgtls has its package data: ``pgtls init`` writes the sample
-    postgresql.conf, pg_hba.conf and pg_ident.conf from pgtls/templates,
+    postgresql.conf, pg_hba.conf and pg_ident.conf from pgtls/admin/templates,
     exactly as the source tree does.
     """
     datadir = tmp_path / "data"

@@ -35,7 +35,7 @@ from OpenSSL import crypto
 from pgserver import PostgresServer
 from pgtlsproc import REPO, PgtlsServer, Pki, free_port, make_datadir
 
-from pgtls import certs
+from pgtls.tls import certs
 
 # Bounds every wait: a server that hangs fails the test instead.
 TIMEOUT = 20.0

@@ -20,7 +20,7 @@ import pytest
 from pgserver import ALICE_PASSWORD, PostgresServer
 from pgtlsproc import PgtlsServer, Pki
 
-from pgtls import certs
+from pgtls.tls import certs
 
 TIMEOUT = 10.0
 

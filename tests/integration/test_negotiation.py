@@ -24,7 +24,7 @@ import pytest
 from pgserver import PostgresServer
 from pgtlsproc import PgtlsServer, Pki, free_port, make_datadir
 
-from pgtls import wire
+from pgtls.core import wire
 
 # Bounds every socket operation: a server that waits instead of answering
 # fails the test rather than hanging it.

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from metricsscrape import JsonLoggedServer, Samples, scrape, series, value
 from pgtlsproc import PgtlsServer, Pki, free_port
-from prometheus_client.parser import text_string_to_metric_families
 
-from pgtls import certs
+from pgtls.tls import certs
 
 if TYPE_CHECKING:
     from conftest import PgtlsLauncher
@@ -30,8 +30,6 @@ CONNECT_TIMEOUT = 10
 PROCESS_TIMEOUT = 30
 # The rules: postgres may connect from 127.0.0.1, anyone else is refused.
 HBA = ["host all postgres 127.0.0.1/32 trust"]
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def psql(port: int, *, user: str = "postgres", **params: str) -> subprocess.CompletedProcess[str]:
@@ -44,29 +42,6 @@ def psql(port: int, *, user: str = "postgres", **params: str) -> subprocess.Comp
         timeout=PROCESS_TIMEOUT,
         env={**os.environ, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT)},
     )
-
-
-def scrape(port: int) -> Samples:
-    """GET /metrics and parse it with prometheus_client's own parser."""
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    """Every sample of ``name`` that is not zero, by its labels."""
-    return {labels: v for (n, labels), v in samples.items() if n == name and v}
 
 
 def scrape_until(port: int, name: str, labels: Mapping[str, str], expected: float) -> Samples:
@@ -189,16 +164,6 @@ def test_bad_metrics_listen_stops_the_start(pgtls: PgtlsLauncher, description: s
         f'"pgtls.metrics_listen": "{description}": not a server endpoint string '
         "(write one such as tcp:9187:interface=127.0.0.1)\n"
     )
-
-
-class JsonLoggedServer(PgtlsServer):
-    """``twistd --logger=pgtls.logs.json ... pgtls``; its standard output goes to ``logfile``."""
-
-    def command(self) -> list[str]:
-        twistd = [arg for arg in super().command() if not arg.startswith("--logfile=")]
-        twistd.insert(twistd.index("pgtls"), "--logger=pgtls.logs.json")
-        # sh sends twistd's standard output to the file, then becomes twistd.
-        return ["sh", "-c", 'exec "$@" >"$0"', str(self.logfile), *twistd]
 
 
 def test_json_logs(pgtls: PgtlsLauncher) -> None:

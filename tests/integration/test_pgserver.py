@@ -18,7 +18,7 @@ from pgserver import (
     find_bindir,
 )
 
-from pgtls.certs import issue_server_cert, make_ca, write_key, write_pem
+from pgtls.tls.certs import issue_server_cert, make_ca, write_key, write_pem
 
 
 def test_marked_integration(request: pytest.FixtureRequest) -> None:

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 from haproxyproc import HAProxy
+from metricsscrape import JsonLoggedServer, scrape, series, value
 from pgtlsproc import PgtlsServer, Pki, free_port
-from test_observability import JsonLoggedServer, scrape, series, value
 
-from pgtls import wire
+from pgtls.core import wire
 
 if TYPE_CHECKING:
     from conftest import PgtlsLauncher

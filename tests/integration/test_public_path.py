@@ -1,5 +1,5 @@
 """
-The relay's fast path and its way back (pgtls.fastpath), with a real
+The relay's fast path and its way back (pgtls.relay.fastpath), with a real
 ``twistd pgtls`` in front of a real PostgreSQL: when the private internals
 it rests on are broken, pgtls logs one warning and serves through Twisted's
 public path; when it is switched off, it says so and serves the same way.
@@ -80,4 +80,4 @@ def test_on_by_default(pgtls, pki) -> None:
     query_over_tls(server.port, pki.ca_file)
     log = server.log_text()
     assert "fast path" not in log
-    assert "reactor class: pgtls.relayreactor.RelayReactor" in log
+    assert "reactor class: pgtls.relay.reactor.RelayReactor" in log

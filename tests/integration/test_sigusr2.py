@@ -32,7 +32,7 @@ from scaleout import (
     wait_gone,
 )
 
-from pgtls import certs
+from pgtls.tls import certs
 
 
 @pytest.fixture

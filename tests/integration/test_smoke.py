@@ -25,10 +25,10 @@ def test_psql_verify_full(pgtls, pki) -> None:
     )
     assert out.returncode == 0, out.stderr + server.log_text()
     assert out.stdout.strip() == "42"
-    # Relayed sessions are dispatched by pgtls's own reactor (pgtls.relayreactor),
+    # Relayed sessions are dispatched by pgtls's own reactor (pgtls.relay.reactor),
     # or by Twisted's when the fast path is off.
     reactor = (
-        "pgtls.relayreactor.RelayReactor"
+        "pgtls.relay.reactor.RelayReactor"
         if FAST_PATH
         else "twisted.internet.epollreactor.EPollReactor"
     )

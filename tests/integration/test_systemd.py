@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from pgtlsproc import REPO, TWISTD, PgtlsServer, Pki, connect_verified, free_port
 
-from pgtls import wire
+from pgtls.core import wire
 
 TIMEOUT = 10.0
 ADMIN_SHUTDOWN = "terminating connection due to administrator command"

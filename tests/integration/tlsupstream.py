@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pgserver import PostgresServer
 
-from pgtls import certs
+from pgtls.tls import certs
 
 __all__ = ["CERT_USER", "SERVER_NAMES", "UpstreamPki", "tls_only_server"]
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from doors import Door, Pki, make_door
+from services import Received, write_datadir
 from socketpairs import clock, pair, small_pair, tls_pair  # noqa: F401 (fixtures)
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface import provider
 
-from pgtls import fastpath
+from pgtls.relay import fastpath
+from pgtls.tls import certs
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +60,40 @@ def fast_path_restored() -> Iterator[None]:
     before = fastpath.on()
     yield
     fastpath.set_on(before)
+
+
+@pytest.fixture(scope="session")
+def pki() -> Pki:
+    """A CA and a server certificate for localhost, for the front door's data directories."""
+    ca = certs.make_ca("unit test CA")
+    return Pki(ca, certs.issue_server_cert(ca, ["localhost"]))
+
+
+@pytest.fixture
+def door(tmp_path: Path, pki: Pki) -> Door:
+    """ssl = on, every IPv4 client trusted, default settings."""
+    return make_door(tmp_path, pki)
+
+
+@pytest.fixture
+def plain_door(tmp_path: Path, pki: Pki) -> Door:
+    """ssl = off, every IPv4 client trusted."""
+    return make_door(tmp_path, pki, ssl=False)
+
+
+@pytest.fixture(scope="session")
+def server_cert() -> certs.Issued:
+    ca = certs.make_ca("service test CA")
+    return certs.issue_server_cert(ca, ["localhost"])
+
+
+@pytest.fixture
+def datadir(tmp_path: Path, server_cert: certs.Issued) -> Path:
+    return write_datadir(tmp_path / "data", server_cert)
+
+
+@pytest.fixture
+def received(tmp_path: Path) -> Iterator[Received]:
+    listener = Received(tmp_path / "notify")
+    yield listener
+    listener.close()

@@ -24,8 +24,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import tls as twisted_tls
 from zope.interface import implementer
 
-from pgtls import certs
-from pgtls.fastwrite import start_tls
+from pgtls.relay.fastwrite import start_tls
+from pgtls.tls import certs
 
 SMALL_BUFFER = 4096
 
@@ -161,7 +161,7 @@ def server_options() -> ServerOptions:
 class TLSPair:
     """
     A Pair whose transport has started TLS as a server, as pgtls starts it
-    (pgtls.fastwrite.start_tls), and a memory-BIO client; the handshake is
+    (pgtls.relay.fastwrite.start_tls), and a memory-BIO client; the handshake is
     done unless ``handshake`` is false (see :meth:`client_hello`).
     """
 

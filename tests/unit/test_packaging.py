@@ -33,7 +33,7 @@ def test_setup_cfg_ships_every_package_and_template() -> None:
     """
     setup.cfg lists every package under pgtls (a non-editable install has
     only those) and its package data takes every sample file in
-    pgtls/templates, which ``pgtls init`` writes.
+    pgtls/admin/templates, which ``pgtls init`` writes.
     """
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
@@ -41,8 +41,9 @@ def test_setup_cfg_ships_every_package_and_template() -> None:
     inits = (REPO / "pgtls").rglob("__init__.py")
     on_disk = {".".join(init.parent.relative_to(REPO).parts) for init in inits}
     assert on_disk <= packages
-    patterns = setup["options.package_data"]["pgtls"].split()
-    shipped = {path for pattern in patterns for path in (REPO / "pgtls").glob(pattern)}
-    templates = set((REPO / "pgtls" / "templates").iterdir())
+    patterns = setup["options.package_data"]["pgtls.admin"].split()
+    admin = REPO / "pgtls" / "admin"
+    shipped = {path for pattern in patterns for path in admin.glob(pattern)}
+    templates = set((admin / "templates").iterdir())
     assert templates
     assert templates <= shipped

@@ -1,0 +1,859 @@
+"""
+The front door: one Twisted Protocol per client connection.
+
+The connection's policy is pgtls.core.session's: FrontDoor feeds a Session what
+happens (bytes, TLS handshake done, the pg_hba.conf verdict, the upstream
+connected or failed, the timer, a shutdown) and performs what it answers:
+write, start TLS, ask pg_hba.conf (pgtls.core.hba), open the upstream leg, hand
+the session to the relay (pgtls.relay.upstream), close.  Nothing a client sends
+reaches the upstream before the session is admitted.  A connection from a
+load balancer in ``pgtls.proxy_protocol_networks`` starts with a PROXY
+header (pgtls.relay.proxyheader), read before the first packet; its address is
+the client's from then on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from cryptography import x509
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pgtls.core import backendstart, hba, wire
+from pgtls.core.conf import Settings
+from pgtls.core.conninfo import Upstream
+from pgtls.core.session import (
+    Action,
+    Admit,
+    Close,
+    ConnectionLost,
+    ConnectUpstream,
+    DataReceived,
+    DropUpstream,
+    Ending,
+    Event,
+    ForwardCancel,
+    HandshakeDone,
+    HbaAdmitted,
+    HbaRefused,
+    Log,
+    ProxyHeaderInvalid,
+    ProxyHeaderRead,
+    Relay,
+    Send,
+    Session,
+    Shutdown,
+    StartTLS,
+    State,
+    StopRelay,
+    StopUpstream,
+    TimerFired,
+    UpstreamClosed,
+    UpstreamConnected,
+    UpstreamFailed,
+)
+from pgtls.relay.counters import Metrics, refusal_reason
+from pgtls.relay.fastwrite import send_or_queue, start_tls
+from pgtls.relay.proxyheader import InvalidProxyHeader, ProxyHeaderReader
+from pgtls.relay.pump import Pump
+from pgtls.relay.pump import start as start_pump
+from pgtls.relay.reactor import dispatch_directly
+from pgtls.relay.upstream import (
+    UpstreamFactory,
+    UpstreamProtocol,
+    send_cancel,
+    send_cancel_on,
+    set_nodelay,
+    splice,
+    upstream_endpoint,
+)
+from pgtls.relay.upstreamleg import describe_failure, open_upstream
+from pgtls.tls import channelbinding
+from pgtls.tls.serverctx import NoApplicationProtocol, ServerTLS, TLSInfo, describe_connection
+from pgtls.tls.upstreamctx import UpstreamTLS
+
+__all__ = ["FrontDoor", "FrontDoorFactory"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The session's events without fields: made once, not per connection.
+_UPSTREAM_CONNECTED = UpstreamConnected()
+_HBA_ADMITTED = HbaAdmitted()
+_UPSTREAM_CLOSED = UpstreamClosed()
+_SHUTDOWN = Shutdown()
+_TIMER_FIRED = TimerFired()
+_PROXY_HEADER_READ = ProxyHeaderRead()
+_CONNECTION_LOST = ConnectionLost()
+
+#: Where a connection is (see pgtls.core.session.State).
+Phase = State
+
+
+def client_address(address: IAddress) -> tuple[IPAddress, int]:
+    """
+    The client's IP address and port; an IPv4-mapped IPv6 address (a client
+    of a dual-stack listener) is reported as the IPv4 address it is.
+    """
+    host = str(getattr(address, "host", "0.0.0.0")).split("%", 1)[0]
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip, int(getattr(address, "port", 0))
+
+
+def encryption_words(info: TLSInfo | None) -> str:
+    """The SSL part of PostgreSQL's ``connection authorized`` log line."""
+    if info is None:
+        return ""
+    return f" SSL enabled (protocol={info.protocol}, cipher={info.cipher}, bits={info.bits})"
+
+
+if TYPE_CHECKING:
+    # Twisted 24.7's Factory is not generic at run time.
+    _DoorFactory: TypeAlias = Factory["FrontDoor"]
+else:
+    _DoorFactory = Factory
+
+
+class FrontDoorFactory(_DoorFactory):
+    """
+    Shared state of the listening side: the settings, rules and TLS context
+    in force, the session count, and how to reach the upstream.  A reload
+    replaces ``settings`` and ``rules``; connections read them when they
+    need them, so a new rule applies to every connection not yet admitted.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(
+        self,
+        settings: Settings,
+        rules: hba.Rules,
+        tls: ServerTLS | None,
+        reactor: Any,
+        *,
+        connect_upstream: Callable[[], IStreamClientEndpoint] | None = None,
+        resolve_hostname: Callable[[IPAddress], defer.Deferred[str | None]] | None = None,
+        describe_tls: Callable[[Any], TLSInfo] = describe_connection,
+        metrics: Metrics | None = None,
+        upstream_tls: UpstreamTLS | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.tls = tls
+        self.reactor = reactor
+        self.sessions = 0
+        # Every live client connection, whatever its phase: what a shutdown
+        # ends or waits for.
+        self.connections: set[FrontDoor] = set()
+        # Set by a shutdown: new sessions are refused as PostgreSQL refuses them.
+        self.shutting_down = False
+        self._idle_waiters: list[defer.Deferred[None]] = []
+        self._connect_upstream = connect_upstream
+        self.upstream_factory = UpstreamFactory()
+        self._endpoint: tuple[Upstream, IStreamClientEndpoint] | None = None
+        self._resolve_hostname = resolve_hostname
+        # Tests with fake transports have no OpenSSL connection to describe.
+        self.describe_tls = describe_tls
+        # None when pgtls.metrics_listen is off: no metrics work at all.
+        self.metrics = metrics
+        # The upstream leg's TLS client context; None when it never uses TLS.
+        self.upstream_tls = upstream_tls
+        # The upstream certificate last judged for channel binding.
+        self._upstream_certificate: x509.Certificate | None = None
+
+    # -- what pgtls.core.session.Session reads when it decides (its Gate) ---------
+
+    @property
+    def max_connections(self) -> int:
+        """The most sessions relayed at once (the settings in force)."""
+        return self.settings.max_connections
+
+    @property
+    def tls_offered(self) -> bool:
+        """Whether clients may use TLS (SSLRequest answered S, direct TLS)."""
+        return self.tls is not None
+
+    @property
+    def require_client_cert(self) -> bool:
+        """Whether a TLS client must present a certificate."""
+        return self.tls is not None and self.tls.require_client_cert
+
+    def upstream_certificate_seen(self, cert: x509.Certificate) -> None:
+        """
+        The upstream presented ``cert`` in a TLS handshake: say once, for
+        each new one, whether SCRAM channel binding can pass through pgtls
+        (see pgtls.tls.channelbinding).  Called by the upstream leg after each
+        handshake; a repeat costs one comparison of DER bytes.
+        """
+        if cert == self._upstream_certificate:
+            return
+        self._upstream_certificate = cert
+        ours = self.tls.certificate if self.tls is not None else None
+        if ours is None:
+            return  # no TLS for clients: none of them can bind
+        verdict = channelbinding.verdict(ours, cert)
+        if verdict.warning:
+            self.log.warn("channel binding: {verdict}", verdict=verdict.text)
+        else:
+            self.log.info("channel binding: {verdict}", verdict=verdict.text)
+
+    def upstream_endpoint(self) -> IStreamClientEndpoint:
+        """
+        The endpoint of the upstream server in the settings in force, one for
+        every session: each connection would otherwise keep its own copy of
+        the address.
+        """
+        if self._connect_upstream is not None:
+            return self._connect_upstream()
+        upstream = self.settings.upstream
+        if self._endpoint is None or self._endpoint[0] != upstream:
+            self._endpoint = (upstream, upstream_endpoint(self.reactor, upstream))
+        return self._endpoint[1]
+
+    def open_upstream(self, startup: bytes | None = None) -> defer.Deferred[Any]:
+        """
+        Open a leg to the upstream, TLS negotiated as pgtls.upstream's sslmode
+        says (see pgtls.relay.upstreamleg); it fires with the UpstreamProtocol, ready
+        for the client's StartupMessage.
+        """
+        return open_upstream(
+            self.upstream_endpoint(),
+            self.upstream_factory,
+            self.settings.upstream,
+            self.upstream_tls,
+            self.reactor,
+            startup,
+        )
+
+    def resolve_hostname(self, address: IPAddress) -> defer.Deferred[str | None]:
+        """The client's verified host name, looked up off the reactor thread."""
+        if self._resolve_hostname is not None:
+            return self._resolve_hostname(address)
+        return threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), hba.resolve_client_hostname, address
+        )
+
+    def when_idle(self) -> defer.Deferred[None]:
+        """A Deferred that fires once no client connection is left (at once if none is)."""
+        if not self.connections:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def connection_ended(self, door: FrontDoor) -> None:
+        """Forget a connection that is gone; wake when_idle() waiters if it was the last."""
+        self.connections.discard(door)
+        if not self.connections:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def buildProtocol(self, addr: IAddress | None) -> FrontDoor:
+        assert addr is not None, "listening ports always give the peer's address"
+        return FrontDoor(self, addr)
+
+
+@implementer(IHandshakeListener)
+class FrontDoor(Protocol):
+    """
+    One client connection, from its first byte to the end of its session:
+    it feeds a pgtls.core.session.Session the connection's events and performs
+    the actions the session returns.
+    """
+
+    log = Logger()
+    # A TCP transport that startTLS may layer TLS onto.
+    transport: Any
+    factory: FrontDoorFactory
+
+    def __init__(self, factory: FrontDoorFactory, addr: IAddress) -> None:
+        self.factory = factory
+        self.address, self.port = client_address(addr)
+        self.session = Session(factory)
+        # The load balancer's address and port, when the client's come from
+        # its PROXY protocol header.
+        self.proxy: tuple[IPAddress, int] | None = None
+        self._proxy_reader: ProxyHeaderReader | None = None
+        self.tls_info: TLSInfo | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.pump: Pump | None = None
+        # The upstream's startup messages, read until the session is ready
+        # or refused; then dropped (see _watch_upstream).
+        self._backend: backendstart.BackendStartReader | None = None
+        self.backend_pid: int | None = None
+        self.bytes_up = 0
+        self._connect_started = 0.0
+        self._counted = False
+        self._timer: IDelayedCall | None = None
+        self._connecting: defer.Deferred[Any] | None = None
+        self._started = factory.reactor.seconds()
+
+    @property
+    def phase(self) -> Phase:
+        """The session's state."""
+        return self.session.state
+
+    @property
+    def reader(self) -> wire.StartupReader:
+        """The first packets' reader, until relaying starts (see upstream_connected)."""
+        return self.session.reader
+
+    @property
+    def startup(self) -> wire.StartupMessage | None:
+        """The client's StartupMessage, once read (brief once relayed)."""
+        return self.session.startup
+
+    # -- connection events -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+        set_nodelay(self.transport)
+        # Its events need no legacy log context: this protocol's lines name
+        # their own namespace and host (see pgtls.relay.reactor).
+        dispatch_directly(self.transport)
+        settings = self.factory.settings
+        self._timer = self.factory.reactor.callLater(
+            settings.authentication_timeout, self._authentication_timed_out
+        )
+        if any(self.address in network for network in settings.proxy_protocol_networks):
+            # The client's address is in the header: log it once it is read.
+            self.session = Session(self.factory, proxy=True)
+            self._proxy_reader = ProxyHeaderReader()
+            return
+        self._connection_received()
+
+    def _connection_received(self) -> None:
+        if self.factory.settings.log_connections:
+            self.log.info(
+                "connection received: host={host} port={port}",
+                host=str(self.address),
+                port=self.port,
+            )
+
+    def dataReceived(self, data: bytes) -> None:
+        state = self.session.state
+        if state is Phase.RELAYING:
+            assert self.upstream is not None
+            # The pump relays without calling this: only the reads it leaves
+            # to the TLS layer (a session that is closing) come here.
+            self.bytes_up += len(data)
+            self.upstream.transport.write(data)
+            return
+        if state is Phase.PROXY:
+            self._read_proxy_header(data)
+            return
+        self._feed(DataReceived(data))
+
+    def handshakeCompleted(self) -> None:
+        handle = self.transport.getHandle()
+        self.tls_info = info = self.factory.describe_tls(handle)
+        if self.factory.metrics is not None:
+            self.factory.metrics.tls_established(info)
+        self._feed(HandshakeDone(info.alpn, info.client_cert is not None))
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
+        state = self.session.state
+        if state is Phase.HANDSHAKE:
+            tls_reason = _ssl_reason(reason)
+            self.log.info(
+                "could not accept SSL connection: {reason} (host={host})",
+                reason=tls_reason,
+                host=str(self.address),
+            )
+            self._feed(ConnectionLost(tls_reason))
+        else:
+            self._feed(_CONNECTION_LOST)
+        relaying = state is Phase.RELAYING
+        self._stop_pump()
+        self._stop_timer()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.upstream is not None:
+            if relaying:
+                # A transport with a producer registered waits for it to go
+                # before it closes.
+                self.upstream.transport.unregisterProducer()
+            self.upstream.transport.loseConnection()
+        admitted = self._counted
+        if self._counted:
+            self.factory.sessions -= 1
+            self._counted = False
+        self._session_end(admitted)
+        self.factory.connection_ended(self)
+
+    # -- driving the session -------------------------------------------------
+
+    def _feed(self, event: Event) -> None:
+        """Give the session one event and perform what it asks, in order."""
+        for action in self.session.handle(event):
+            self._perform(action)
+
+    def _perform(self, action: Action) -> None:
+        if type(action) is Send:
+            self.transport.write(action.data)
+        elif type(action) is Close:
+            if action.graceful:
+                self.transport.loseConnection()
+            # PostgreSQL's backend exits: close_notify, then FIN at once; the
+            # TLS layer alone would wait for the client's close_notify.
+            _close_socket(self.transport)
+        elif type(action) is Log:
+            self.log.emit(
+                LogLevel.warn if action.warn else LogLevel.info,
+                "{message} (host={host})",
+                message=action.message,
+                host=str(self.address),
+            )
+        elif type(action) is StartTLS:
+            self._start_tls(action)
+        elif type(action) is Admit:
+            self._admit(action.startup)
+        elif type(action) is ConnectUpstream:
+            self._connect_upstream()
+        elif type(action) is Relay:
+            self._relay(action)
+        elif type(action) is ForwardCancel:
+            self._cancel(action.packet)
+        elif type(action) is StopRelay:
+            self._stop_pump()
+            # A TLS transport would wait for its producer, the upstream,
+            # before its close_notify, and so never close.
+            self.transport.unregisterProducer()
+        elif type(action) is StopUpstream:
+            assert self.upstream is not None
+            self.upstream.transport.unregisterProducer()
+            # loseConnection stops reading the upstream; its connectionLost
+            # comes later and finds this connection closed.
+            self.upstream.transport.loseConnection()
+        # DropUpstream is upstream_connected's.
+
+    # -- the PROXY protocol header -------------------------------------------
+
+    def _read_proxy_header(self, data: bytes) -> None:
+        """
+        Read the header a trusted load balancer sends first; the client's
+        address in it replaces the balancer's, and the bytes after it are the
+        client's first packets.  Anything else is closed without a word: the
+        balancer is misconfigured, or someone else is on its network.
+        """
+        assert self._proxy_reader is not None
+        reader = self._proxy_reader
+        reader.receive_data(data)
+        try:
+            header = reader.next_event()
+        except InvalidProxyHeader as error:
+            self.log.warn(
+                "closed connection from load balancer {host}: {reason}",
+                host=str(self.address),
+                reason=str(error),
+            )
+            self._proxy_reader = None
+            if self.factory.metrics is not None:
+                self.factory.metrics.proxy_header("invalid")
+            self._feed(ProxyHeaderInvalid(str(error)))
+            return
+        if header is wire.NEED_DATA:
+            return
+        self._proxy_reader = None
+        self.proxy = (self.address, self.port)
+        # LOCAL and UNKNOWN (health checks) name no client: the balancer's
+        # own address stands, as the specification says.
+        if header.source is not None:
+            self.address, self.port = header.source
+        if self.factory.metrics is not None:
+            self.factory.metrics.proxy_header("local" if header.source is None else "proxied")
+        self._feed(_PROXY_HEADER_READ)
+        self._connection_received()
+        if reader.trailing_data:
+            self._feed(DataReceived(reader.trailing_data))
+
+    # -- the startup phase -------------------------------------------------
+
+    def _start_tls(self, action: StartTLS) -> None:
+        tls = self.factory.tls
+        assert tls is not None, "the session starts TLS only when it is offered"
+        if action.answer:
+            # The client waits for this byte; TLS is not on yet, so it may go
+            # straight to the socket.
+            send_or_queue(self.transport, action.answer, self.transport.write)
+        start_tls(self.transport, tls)
+        if not action.answer:
+            # Direct TLS: the ClientHello arrived before TLS was layered on.
+            self.transport.protocol.dataReceived(action.hello)
+
+    def _cancel(self, packet: bytes) -> None:
+        self._stop_timer()
+        factory = self.factory
+        if factory.upstream_tls is None:
+            done = send_cancel(factory.upstream_endpoint(), packet, factory.reactor)
+        else:
+            # Through the same negotiation as a session (libpq 17's PQcancelCreate).
+            done = send_cancel_on(factory.open_upstream(), packet, factory.reactor)
+        done.addCallback(lambda _: self.transport.loseConnection())
+
+    def _admit(self, startup: wire.StartupMessage) -> None:
+        self.transport.pauseProducing()
+        client = hba.Client(
+            address=self.address,
+            ssl=self.tls_info is not None,
+            database=startup.database,
+            user=startup.user,
+            # replication=database is matched as an ordinary connection.
+            replication=startup.walsender == "physical",
+            cert=self.tls_info.client_cert if self.tls_info else None,
+        )
+        if not self.factory.rules.needs_hostname:
+            self._decide(client)
+            return
+        looking_up = self.factory.resolve_hostname(self.address)
+        looking_up.addCallback(
+            lambda name: self._decide(
+                hba.Client(
+                    address=client.address,
+                    ssl=client.ssl,
+                    database=client.database,
+                    user=client.user,
+                    replication=client.replication,
+                    cert=client.cert,
+                    hostname=name,
+                )
+            )
+        )
+
+    def _decide(self, client: hba.Client) -> None:
+        if self.session.state is not Phase.ADMITTING:
+            return  # the client left or timed out during the look-up
+        decision = self.factory.rules.match(client)
+        authenticated = decision.authenticated
+        if authenticated is not None and self.factory.settings.log_connections:
+            # PostgreSQL 14+ logs it between "received" and "authorized",
+            # and before a user-map refusal.
+            self.log.info(
+                'connection authenticated: identity="{identity}" method={method} '
+                "({file}:{line_number})",
+                identity=authenticated.identity,
+                method=authenticated.method,
+                file=authenticated.file,
+                line_number=authenticated.line_number,
+            )
+        if isinstance(decision, hba.Refusal):
+            self.log.warn(
+                "refused host={host} user={user} database={database}: {message}{detail}",
+                host=str(self.address),
+                user=client.user,
+                database=client.database,
+                message=decision.message,
+                detail=f" ({decision.log_detail})" if decision.log_detail else "",
+            )
+            self._feed(HbaRefused(refusal_reason(decision), decision.sqlstate, decision.message))
+            return
+        self._feed(_HBA_ADMITTED)
+
+    def _connect_upstream(self) -> None:
+        """The session is admitted: count it, log it, open the upstream leg."""
+        factory = self.factory
+        startup = self.session.startup
+        assert startup is not None
+        factory.sessions += 1
+        self._counted = True
+        if factory.metrics is not None:
+            factory.metrics.session_admitted(self.session.encryption)
+        if factory.settings.log_connections:
+            app = startup.application_name
+            # PostgreSQL's walsenders (replication=true or database) log no database.
+            walsender = startup.walsender is not None
+            self.log.info(
+                "{kind}connection authorized: user={user}{in_database}{app}{ssl}",
+                kind="replication " if walsender else "",
+                user=startup.user,
+                database=startup.database,
+                in_database="" if walsender else f" database={startup.database}",
+                app=f" application_name={app}" if app else "",
+                ssl=encryption_words(self.tls_info),
+            )
+        self._connect_started = factory.reactor.seconds()
+        self._connecting = factory.open_upstream(startup.packet)
+        self._connecting.addCallbacks(self.upstream_connected, self._upstream_failed)
+
+    # -- the relay phase ---------------------------------------------------
+
+    def upstream_connected(self, upstream: UpstreamProtocol) -> None:
+        """The upstream accepted the connection: send the startup, relay."""
+        self._connecting = None
+        upstream.client = self
+        if self.session.state is Phase.CONNECTING:
+            self.upstream = upstream
+        for action in self.session.handle(_UPSTREAM_CONNECTED):
+            if type(action) is DropUpstream:
+                # The client is gone: so is the leg opened for it.
+                upstream.transport.loseConnection()
+            else:
+                self._perform(action)
+
+    def _relay(self, action: Relay) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        self._stop_timer()
+        factory = self.factory
+        if factory.metrics is not None:
+            factory.metrics.upstream_connected(factory.reactor.seconds() - self._connect_started)
+        first = action.startup + action.buffered
+        self.bytes_up += len(first)
+        if upstream.startup_sent:
+            # The leg sent it to learn whether the upstream takes it (sslmode
+            # allow or prefer); what the upstream answered goes to the client.
+            first = first[len(action.startup) :]
+        self._backend = backendstart.BackendStartReader(parameters=False)
+        splice(self.transport, upstream.transport)
+        if upstream.pending:
+            upstream.bytes_down += len(upstream.pending)
+            self.transport.write(upstream.pending)
+            # What the leg read to learn whether the upstream took the
+            # StartupMessage: the first of the messages to watch.
+            self._watch_upstream(upstream.pending)
+            upstream.pending = b""
+        watch = self._watch_upstream if self._backend is not None else None
+        if upstream.tls:
+            # Through the leg's TLS layer: its socket carries only records.
+            if first:
+                upstream.transport.write(first)
+        elif first:
+            send_or_queue(upstream.transport, first, upstream.transport.write)
+        self.pump = start_pump(self.transport, upstream.transport, self, upstream, watch)
+        # Also with a pump: what it leaves to a TLS leg's own layer (a read
+        # before the layer is ready, close_notify) reaches the protocol.
+        upstream.watch = watch
+        if upstream.peer_certificate is not None:
+            factory.upstream_certificate_seen(upstream.peer_certificate)
+        self.transport.resumeProducing()
+
+    def _watch_upstream(self, data: bytes | memoryview) -> bool:
+        """
+        Read what the upstream sent the client (already relayed) until the
+        session is ready or refused; return whether to go on watching.
+        """
+        reader = self._backend
+        if reader is None:
+            return False
+        reader.receive_data(data)
+        while (event := reader.next_event()) is not backendstart.NEED_DATA:
+            if isinstance(event, backendstart.BackendKeyData):
+                self.backend_pid = event.process_id
+            elif isinstance(event, backendstart.ErrorResponse):
+                self._upstream_refused(event)
+        if reader.done:
+            self._backend = None
+            return False
+        return True
+
+    def _upstream_refused(self, error: backendstart.ErrorResponse) -> None:
+        """The upstream ended the session at its start: say why when pgtls is the cause."""
+        refusal = backendstart.channel_binding_refusal(error)
+        if refusal is None:
+            return
+        self.log.warn(
+            "upstream refused SCRAM channel binding for host={host} user={user}: {message}: "
+            "{why}; {remedy}",
+            host=str(self.address),
+            user=self.startup.user if self.startup else None,
+            message=error.message,
+            why=refusal.why,
+            remedy=backendstart.CHANNEL_BINDING_REMEDY,
+        )
+
+    def upstream_lost(self, reason: Failure) -> None:
+        """The upstream closed: so does the client, once its data is sent."""
+        if self.session.state is Phase.RELAYING:
+            self._feed(_UPSTREAM_CLOSED)
+
+    def _upstream_failed(self, reason: Failure) -> None:
+        self._connecting = None
+        if self.session.state is not Phase.CONNECTING:
+            return  # cancelled because the client went away
+        upstream = self.factory.settings.upstream
+        label, message = describe_failure(reason, upstream)
+        # One line naming the upstream and why, in libpq's words; nothing of
+        # it goes to the client.
+        self.log.warn(
+            "could not connect to the upstream server at {upstream}: {reason}",
+            upstream=upstream.address,
+            reason=message,
+            upstream_failure=label.value,
+        )
+        if self.factory.metrics is not None:
+            self.factory.metrics.upstream_failed(label)
+        self._feed(UpstreamFailed(label.value))
+
+    # -- endings -----------------------------------------------------------
+
+    def terminate(self) -> None:
+        """
+        End this connection for a fast shutdown, as PostgreSQL's backends end
+        on SIGTERM.  A connection past its StartupMessage gets FATAL 57P01
+        ``terminating connection due to administrator command``; one still
+        negotiating is closed without a word, as a backend that has not read
+        its startup packet exits quietly.
+
+        A relayed session's upstream leg is stopped first, so no upstream
+        byte follows the message.  pgtls does not frame what it relays: if
+        the upstream was in the middle of a message, the ErrorResponse lands
+        inside it and the client sees a broken message (libpq: lost
+        synchronization, or the connection closed) rather than the FATAL.
+        """
+        self._feed(_SHUTDOWN)
+
+    def _stop_pump(self) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+
+    def _authentication_timed_out(self) -> None:
+        self._timer = None
+        self._feed(_TIMER_FIRED)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _session_end(self, admitted: bool) -> None:
+        """Log the end of the connection (PostgreSQL's line, our summary); count it."""
+        elapsed = self.factory.reactor.seconds() - self._started
+        bytes_down = self.upstream.bytes_down if self.upstream else 0
+        ending = self.session.ending
+        self._log_session_end(elapsed, bytes_down, ending)
+        if self.factory.metrics is not None:
+            self.factory.metrics.connection_ended(
+                outcome=ending.outcome,
+                encryption=self.session.encryption,
+                admitted=admitted,
+                reason=ending.reason,
+                tls=self.tls_info,
+                bytes_up=self.bytes_up,
+                bytes_down=bytes_down,
+            )
+
+    def _log_session_end(self, elapsed: float, bytes_down: int, ending: Ending) -> None:
+        startup = self.startup
+        if self.factory.settings.log_disconnections and self.upstream is not None and startup:
+            self.log.info(
+                "disconnection: session time: {elapsed} user={user} database={database} "
+                "host={host} port={port}",
+                elapsed=_session_time(elapsed),
+                user=startup.user,
+                database=startup.database,
+                host=str(self.address),
+                port=self.port,
+            )
+        info = self.tls_info
+        # One event per connection, its fields named for log shippers (JSON
+        # logs); the text names the TLS parameters only when TLS was up.
+        fields = {
+            "peer": _peer(self.address, self.port),
+            "host": str(self.address),
+            "port": self.port,
+            "proxy": _peer(*self.proxy) if self.proxy else None,
+            "user": startup.user if startup else None,
+            "database": startup.database if startup else None,
+            "ssl": info is not None,
+            "protocol": info.protocol if info else None,
+            "cipher": info.cipher if info else None,
+            "outcome": ending.outcome,
+            "reason": ending.reason,
+            "detail": ending.detail,
+            "bytes_up": self.bytes_up,
+            "bytes_down": bytes_down,
+            "duration": elapsed,
+            "backend_pid": self.backend_pid,
+        }
+        # str.format writes the text at once; Twisted's formatter would take
+        # its template apart in Python, field by field, for every connection.
+        template = _SUMMARY_SSL if info else _SUMMARY_PLAIN
+        pid = "" if self.backend_pid is None else f" backend_pid={self.backend_pid}"
+        if startup is None:
+            # No StartupMessage: the text shows the names as PostgreSQL's
+            # log_line_prefix shows missing ones (%u, %d); JSON keeps null.
+            summary = template.format(**{**fields, "user": _UNKNOWN, "database": _UNKNOWN}, pid=pid)
+        else:
+            summary = template.format(**fields, pid=pid)
+        self.log.info("session {summary}", summary=summary, **fields)
+
+
+#: What the session line's text shows for a name the client never sent.
+_UNKNOWN = "[unknown]"
+
+_SUMMARY_FIELDS = (
+    "outcome={outcome}{pid} bytes_up={bytes_up} bytes_down={bytes_down} "
+    "duration={duration:.3f}: {detail}"
+)
+_SUMMARY_SSL = (
+    "host={host} port={port} user={user} database={database} "
+    "ssl=on protocol={protocol} cipher={cipher} " + _SUMMARY_FIELDS
+)
+_SUMMARY_PLAIN = (
+    "host={host} port={port} user={user} database={database} ssl=off " + _SUMMARY_FIELDS
+)
+
+
+def _peer(address: IPAddress, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    if address.version == 6:
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
+
+
+def _session_time(seconds: float) -> str:
+    """PostgreSQL's ``H:MM:SS.mmm`` session time."""
+    millis = int(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours}:{minutes:02d}:{secs:02d}.{millis:03d}"
+
+
+def _close_socket(transport: Any) -> None:
+    """
+    Close the TCP connection under any TLS layer at once, as PostgreSQL's
+    backend does when it exits at authentication_timeout: the client reads
+    a plain EOF.  Not abortConnection(), whose SO_LINGER 0 sends a reset,
+    and not a TLS shutdown, which Twisted turns into an abort mid-handshake
+    and which otherwise waits for the client's close_notify.  Only bytes
+    already written (a few at startup) go out before the FIN.
+
+    :param transport: the connection's transport, with or without TLS.
+    """
+    if getattr(transport, "TLS", False):
+        # startTLS() gave the TLS layer a bypass to the TCP connection.
+        transport = transport.protocol.transport
+    transport.loseConnection()
+
+
+def _ssl_reason(reason: Failure) -> str:
+    """OpenSSL's reason text, as PostgreSQL logs it; EOF when the client left."""
+    from OpenSSL import SSL
+
+    value = reason.value
+    if isinstance(value, NoApplicationProtocol):
+        return value.reason
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        for entry in value.args[0]:
+            if len(entry) >= 3 and entry[2]:
+                return str(entry[2])
+    if reason.check(SSL.Error):
+        return str(value)
+    return "EOF detected"

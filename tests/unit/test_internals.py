@@ -5,7 +5,7 @@ bodies it copies are the ones it was written against, and that it finds
 Twisted's TLS connection creator under either of its names.
 
 What its functions do is tested where they are used (test_pump,
-test_fastwrite, test_relayreactor) and as a whole by pgtls.relay.fastpath's
+test_fastwrite, test_reactor) and as a whole by pgtls.relay.selftest's
 self-test (test_fastpath).
 """
 

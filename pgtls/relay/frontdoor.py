@@ -70,6 +70,7 @@ from pgtls.relay.proxyheader import InvalidProxyHeader, ProxyHeaderReader
 from pgtls.relay.pump import Pump
 from pgtls.relay.pump import start as start_pump
 from pgtls.relay.reactor import dispatch_directly
+from pgtls.relay.sessionlog import authorized_fields, session_event, session_time, ssl_reason
 from pgtls.relay.upstream import (
     UpstreamFactory,
     UpstreamProtocol,
@@ -81,7 +82,7 @@ from pgtls.relay.upstream import (
 )
 from pgtls.relay.upstreamleg import describe_failure, open_upstream
 from pgtls.tls import channelbinding
-from pgtls.tls.serverctx import NoApplicationProtocol, ServerTLS, TLSInfo, describe_connection
+from pgtls.tls.serverctx import ServerTLS, TLSInfo, describe_connection
 from pgtls.tls.upstreamctx import UpstreamTLS
 
 __all__ = ["FrontDoor", "FrontDoorFactory"]
@@ -111,13 +112,6 @@ def client_address(address: IAddress) -> tuple[IPAddress, int]:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip, int(getattr(address, "port", 0))
-
-
-def encryption_words(info: TLSInfo | None) -> str:
-    """The SSL part of PostgreSQL's ``connection authorized`` log line."""
-    if info is None:
-        return ""
-    return f" SSL enabled (protocol={info.protocol}, cipher={info.cipher}, bits={info.bits})"
 
 
 if TYPE_CHECKING:
@@ -369,7 +363,7 @@ class FrontDoor(Protocol):
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         state = self.session.state
         if state is Phase.HANDSHAKE:
-            tls_reason = _ssl_reason(reason)
+            tls_reason = ssl_reason(reason.value)
             self.log.info(
                 "could not accept SSL connection: {reason} (host={host})",
                 reason=tls_reason,
@@ -574,17 +568,9 @@ class FrontDoor(Protocol):
         if factory.metrics is not None:
             factory.metrics.session_admitted(self.session.encryption)
         if factory.settings.log_connections:
-            app = startup.application_name
-            # PostgreSQL's walsenders (replication=true or database) log no database.
-            walsender = startup.walsender is not None
             self.log.info(
                 "{kind}connection authorized: user={user}{in_database}{app}{ssl}",
-                kind="replication " if walsender else "",
-                user=startup.user,
-                database=startup.database,
-                in_database="" if walsender else f" database={startup.database}",
-                app=f" application_name={app}" if app else "",
-                ssl=encryption_words(self.tls_info),
+                **authorized_fields(startup, self.tls_info),
             )
         self._connect_started = factory.reactor.seconds()
         self._connecting = factory.open_upstream(startup.packet)
@@ -754,76 +740,25 @@ class FrontDoor(Protocol):
             self.log.info(
                 "disconnection: session time: {elapsed} user={user} database={database} "
                 "host={host} port={port}",
-                elapsed=_session_time(elapsed),
+                elapsed=session_time(elapsed),
                 user=startup.user,
                 database=startup.database,
                 host=str(self.address),
                 port=self.port,
             )
-        info = self.tls_info
-        # One event per connection, its fields named for log shippers (JSON
-        # logs); the text names the TLS parameters only when TLS was up.
-        fields = {
-            "peer": _peer(self.address, self.port),
-            "host": str(self.address),
-            "port": self.port,
-            "proxy": _peer(*self.proxy) if self.proxy else None,
-            "user": startup.user if startup else None,
-            "database": startup.database if startup else None,
-            "ssl": info is not None,
-            "protocol": info.protocol if info else None,
-            "cipher": info.cipher if info else None,
-            "outcome": ending.outcome,
-            "reason": ending.reason,
-            "detail": ending.detail,
-            "bytes_up": self.bytes_up,
-            "bytes_down": bytes_down,
-            "duration": elapsed,
-            "backend_pid": self.backend_pid,
-        }
-        # str.format writes the text at once; Twisted's formatter would take
-        # its template apart in Python, field by field, for every connection.
-        template = _SUMMARY_SSL if info else _SUMMARY_PLAIN
-        pid = "" if self.backend_pid is None else f" backend_pid={self.backend_pid}"
-        if startup is None:
-            # No StartupMessage: the text shows the names as PostgreSQL's
-            # log_line_prefix shows missing ones (%u, %d); JSON keeps null.
-            summary = template.format(**{**fields, "user": _UNKNOWN, "database": _UNKNOWN}, pid=pid)
-        else:
-            summary = template.format(**fields, pid=pid)
+        summary, fields = session_event(
+            address=self.address,
+            port=self.port,
+            proxy=self.proxy,
+            startup=startup,
+            tls=self.tls_info,
+            ending=ending,
+            bytes_up=self.bytes_up,
+            bytes_down=bytes_down,
+            duration=elapsed,
+            backend_pid=self.backend_pid,
+        )
         self.log.info("session {summary}", summary=summary, **fields)
-
-
-#: What the session line's text shows for a name the client never sent.
-_UNKNOWN = "[unknown]"
-
-_SUMMARY_FIELDS = (
-    "outcome={outcome}{pid} bytes_up={bytes_up} bytes_down={bytes_down} "
-    "duration={duration:.3f}: {detail}"
-)
-_SUMMARY_SSL = (
-    "host={host} port={port} user={user} database={database} "
-    "ssl=on protocol={protocol} cipher={cipher} " + _SUMMARY_FIELDS
-)
-_SUMMARY_PLAIN = (
-    "host={host} port={port} user={user} database={database} ssl=off " + _SUMMARY_FIELDS
-)
-
-
-def _peer(address: IPAddress, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets."""
-    if address.version == 6:
-        return f"[{address}]:{port}"
-    return f"{address}:{port}"
-
-
-def _session_time(seconds: float) -> str:
-    """PostgreSQL's ``H:MM:SS.mmm`` session time."""
-    millis = int(seconds * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours}:{minutes:02d}:{secs:02d}.{millis:03d}"
 
 
 def _close_socket(transport: Any) -> None:
@@ -841,19 +776,3 @@ def _close_socket(transport: Any) -> None:
         # startTLS() gave the TLS layer a bypass to the TCP connection.
         transport = transport.protocol.transport
     transport.loseConnection()
-
-
-def _ssl_reason(reason: Failure) -> str:
-    """OpenSSL's reason text, as PostgreSQL logs it; EOF when the client left."""
-    from OpenSSL import SSL
-
-    value = reason.value
-    if isinstance(value, NoApplicationProtocol):
-        return value.reason
-    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
-        for entry in value.args[0]:
-            if len(entry) >= 3 and entry[2]:
-                return str(entry[2])
-    if reason.check(SSL.Error):
-        return str(value)
-    return "EOF detected"

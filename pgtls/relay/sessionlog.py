@@ -9,11 +9,11 @@ functions return, in its own namespace.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from OpenSSL import SSL
 
+from pgtls.core.hba.decisions import IPAddress
 from pgtls.core.session import Ending
 from pgtls.core.wire import StartupMessage
 from pgtls.tls.serverctx import NoApplicationProtocol, TLSInfo
@@ -27,8 +27,6 @@ __all__ = [
     "session_time",
     "ssl_reason",
 ]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: What the session line's text shows for a name the client never sent.
 UNKNOWN = "[unknown]"

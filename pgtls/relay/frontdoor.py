@@ -9,12 +9,14 @@ the session to the relay (pgtls.relay.upstream), close.  Nothing a client sends
 reaches the upstream before the session is admitted.  A connection from a
 load balancer in ``pgtls.proxy_protocol_networks`` starts with a PROXY
 header (pgtls.relay.proxyheader), read before the first packet; its address is
-the client's from then on.
+the client's from then on.  What the connections share is FrontDoorFactory's
+(pgtls.relay.listener); what their log lines say, pgtls.relay.sessionlog's.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from twisted.internet import defer
@@ -376,19 +378,7 @@ class FrontDoor(Protocol):
             self._decide(client)
             return
         looking_up = self.factory.resolve_hostname(self.address)
-        looking_up.addCallback(
-            lambda name: self._decide(
-                hba.Client(
-                    address=client.address,
-                    ssl=client.ssl,
-                    database=client.database,
-                    user=client.user,
-                    replication=client.replication,
-                    cert=client.cert,
-                    hostname=name,
-                )
-            )
-        )
+        looking_up.addCallback(lambda name: self._decide(replace(client, hostname=name)))
 
     def _decide(self, client: hba.Client) -> None:
         if self.session.state is not Phase.ADMITTING:

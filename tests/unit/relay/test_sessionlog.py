@@ -7,6 +7,7 @@ front door logs them.
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 import pytest
 from OpenSSL import SSL
@@ -117,20 +118,26 @@ def test_ssl_reason_of_anything_else_is_eof() -> None:
     assert ssl_reason(ConnectionResetError()) == "EOF detected"
 
 
+def event(**changes: Any) -> tuple[str, dict[str, Any]]:
+    """session_event for a relayed TLS session from 192.0.2.7:40000, with these changes."""
+    values: dict[str, Any] = {
+        "address": CLIENT,
+        "port": 40000,
+        "proxy": None,
+        "startup": ALICE,
+        "tls": TLS13,
+        "ending": RELAYED,
+        "bytes_up": 100,
+        "bytes_down": 2000,
+        "duration": 1.23456,
+        "backend_pid": 4242,
+    }
+    return session_event(**{**values, **changes})
+
+
 def test_session_event_of_a_relayed_tls_session() -> None:
     """Every field for log shippers, and the text in one line."""
-    summary, fields = session_event(
-        address=CLIENT,
-        port=40000,
-        proxy=(IPv4Address("10.0.0.1"), 1234),
-        startup=ALICE,
-        tls=TLS13,
-        ending=RELAYED,
-        bytes_up=100,
-        bytes_down=2000,
-        duration=1.23456,
-        backend_pid=4242,
-    )
+    summary, fields = event(proxy=(IPv4Address("10.0.0.1"), 1234))
     assert summary == (
         "host=192.0.2.7 port=40000 user=alice database=app ssl=on protocol=TLSv1.3 "
         "cipher=TLS_AES_256_GCM_SHA384 outcome=relayed backend_pid=4242 bytes_up=100 "
@@ -158,10 +165,9 @@ def test_session_event_of_a_relayed_tls_session() -> None:
 
 def test_session_event_without_startup_shows_unknown_names_in_the_text_only() -> None:
     """No StartupMessage: `[unknown]` in the text as PostgreSQL's %u and %d; None in the fields."""
-    summary, fields = session_event(
+    summary, fields = event(
         address=IPv6Address("2001:db8::7"),
         port=5,
-        proxy=None,
         startup=None,
         tls=None,
         ending=CLOSED_BEFORE_STARTUP,

@@ -66,8 +66,10 @@ def test_the_gate_reads_the_settings_in_force(tmp_path: Path) -> None:
 
 def test_one_upstream_endpoint_until_the_upstream_changes(tmp_path: Path) -> None:
     """Sessions share one endpoint; a reload that moves the upstream makes a new one."""
-    shared = listener(tmp_path, Settings(str(tmp_path), upstream=Upstream("db.internal", 5432)))
+    shared = listener(tmp_path, Settings(str(tmp_path), upstream=Upstream("/run/postgresql", 5432)))
     endpoint = shared.upstream_endpoint()
     assert shared.upstream_endpoint() is endpoint
-    shared.settings = dataclasses.replace(shared.settings, upstream=Upstream("db.internal", 5433))
+    shared.settings = dataclasses.replace(
+        shared.settings, upstream=Upstream("/run/postgresql", 5433)
+    )
     assert shared.upstream_endpoint() is not endpoint

@@ -9,22 +9,21 @@ the session to the relay (pgtls.relay.upstream), close.  Nothing a client sends
 reaches the upstream before the session is admitted.  A connection from a
 load balancer in ``pgtls.proxy_protocol_networks`` starts with a PROXY
 header (pgtls.relay.proxyheader), read before the first packet; its address is
-the client's from then on.
+the client's from then on.  What the connections share is FrontDoorFactory's
+(pgtls.relay.listener); what their log lines say, pgtls.relay.sessionlog's.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from cryptography import x509
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHandshakeListener,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
@@ -32,8 +31,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pgtls.core import backendstart, hba, wire
-from pgtls.core.conf import Settings
-from pgtls.core.conninfo import Upstream
 from pgtls.core.session import (
     Action,
     Admit,
@@ -64,25 +61,23 @@ from pgtls.core.session import (
     UpstreamConnected,
     UpstreamFailed,
 )
-from pgtls.relay.counters import Metrics, refusal_reason
+from pgtls.relay.counters import refusal_reason
 from pgtls.relay.fastwrite import send_or_queue, start_tls
+from pgtls.relay.listener import Listener
 from pgtls.relay.proxyheader import InvalidProxyHeader, ProxyHeaderReader
 from pgtls.relay.pump import Pump
 from pgtls.relay.pump import start as start_pump
 from pgtls.relay.reactor import dispatch_directly
+from pgtls.relay.sessionlog import authorized_fields, session_event, session_time, ssl_reason
 from pgtls.relay.upstream import (
-    UpstreamFactory,
     UpstreamProtocol,
     send_cancel,
     send_cancel_on,
     set_nodelay,
     splice,
-    upstream_endpoint,
 )
-from pgtls.relay.upstreamleg import describe_failure, open_upstream
-from pgtls.tls import channelbinding
-from pgtls.tls.serverctx import NoApplicationProtocol, ServerTLS, TLSInfo, describe_connection
-from pgtls.tls.upstreamctx import UpstreamTLS
+from pgtls.relay.upstreamleg import describe_failure
+from pgtls.tls.serverctx import TLSInfo
 
 __all__ = ["FrontDoor", "FrontDoorFactory"]
 
@@ -113,13 +108,6 @@ def client_address(address: IAddress) -> tuple[IPAddress, int]:
     return ip, int(getattr(address, "port", 0))
 
 
-def encryption_words(info: TLSInfo | None) -> str:
-    """The SSL part of PostgreSQL's ``connection authorized`` log line."""
-    if info is None:
-        return ""
-    return f" SSL enabled (protocol={info.protocol}, cipher={info.cipher}, bits={info.bits})"
-
-
 if TYPE_CHECKING:
     # Twisted 24.7's Factory is not generic at run time.
     _DoorFactory: TypeAlias = Factory["FrontDoor"]
@@ -127,141 +115,10 @@ else:
     _DoorFactory = Factory
 
 
-class FrontDoorFactory(_DoorFactory):
-    """
-    Shared state of the listening side: the settings, rules and TLS context
-    in force, the session count, and how to reach the upstream.  A reload
-    replaces ``settings`` and ``rules``; connections read them when they
-    need them, so a new rule applies to every connection not yet admitted.
-    """
+class FrontDoorFactory(Listener["FrontDoor"], _DoorFactory):
+    """The listening side (see pgtls.relay.listener) and the factory of its FrontDoors."""
 
-    log = Logger()
     noisy = False
-
-    def __init__(
-        self,
-        settings: Settings,
-        rules: hba.Rules,
-        tls: ServerTLS | None,
-        reactor: Any,
-        *,
-        connect_upstream: Callable[[], IStreamClientEndpoint] | None = None,
-        resolve_hostname: Callable[[IPAddress], defer.Deferred[str | None]] | None = None,
-        describe_tls: Callable[[Any], TLSInfo] = describe_connection,
-        metrics: Metrics | None = None,
-        upstream_tls: UpstreamTLS | None = None,
-    ) -> None:
-        self.settings = settings
-        self.rules = rules
-        self.tls = tls
-        self.reactor = reactor
-        self.sessions = 0
-        # Every live client connection, whatever its phase: what a shutdown
-        # ends or waits for.
-        self.connections: set[FrontDoor] = set()
-        # Set by a shutdown: new sessions are refused as PostgreSQL refuses them.
-        self.shutting_down = False
-        self._idle_waiters: list[defer.Deferred[None]] = []
-        self._connect_upstream = connect_upstream
-        self.upstream_factory = UpstreamFactory()
-        self._endpoint: tuple[Upstream, IStreamClientEndpoint] | None = None
-        self._resolve_hostname = resolve_hostname
-        # Tests with fake transports have no OpenSSL connection to describe.
-        self.describe_tls = describe_tls
-        # None when pgtls.metrics_listen is off: no metrics work at all.
-        self.metrics = metrics
-        # The upstream leg's TLS client context; None when it never uses TLS.
-        self.upstream_tls = upstream_tls
-        # The upstream certificate last judged for channel binding.
-        self._upstream_certificate: x509.Certificate | None = None
-
-    # -- what pgtls.core.session.Session reads when it decides (its Gate) ---------
-
-    @property
-    def max_connections(self) -> int:
-        """The most sessions relayed at once (the settings in force)."""
-        return self.settings.max_connections
-
-    @property
-    def tls_offered(self) -> bool:
-        """Whether clients may use TLS (SSLRequest answered S, direct TLS)."""
-        return self.tls is not None
-
-    @property
-    def require_client_cert(self) -> bool:
-        """Whether a TLS client must present a certificate."""
-        return self.tls is not None and self.tls.require_client_cert
-
-    def upstream_certificate_seen(self, cert: x509.Certificate) -> None:
-        """
-        The upstream presented ``cert`` in a TLS handshake: say once, for
-        each new one, whether SCRAM channel binding can pass through pgtls
-        (see pgtls.tls.channelbinding).  Called by the upstream leg after each
-        handshake; a repeat costs one comparison of DER bytes.
-        """
-        if cert == self._upstream_certificate:
-            return
-        self._upstream_certificate = cert
-        ours = self.tls.certificate if self.tls is not None else None
-        if ours is None:
-            return  # no TLS for clients: none of them can bind
-        verdict = channelbinding.verdict(ours, cert)
-        if verdict.warning:
-            self.log.warn("channel binding: {verdict}", verdict=verdict.text)
-        else:
-            self.log.info("channel binding: {verdict}", verdict=verdict.text)
-
-    def upstream_endpoint(self) -> IStreamClientEndpoint:
-        """
-        The endpoint of the upstream server in the settings in force, one for
-        every session: each connection would otherwise keep its own copy of
-        the address.
-        """
-        if self._connect_upstream is not None:
-            return self._connect_upstream()
-        upstream = self.settings.upstream
-        if self._endpoint is None or self._endpoint[0] != upstream:
-            self._endpoint = (upstream, upstream_endpoint(self.reactor, upstream))
-        return self._endpoint[1]
-
-    def open_upstream(self, startup: bytes | None = None) -> defer.Deferred[Any]:
-        """
-        Open a leg to the upstream, TLS negotiated as pgtls.upstream's sslmode
-        says (see pgtls.relay.upstreamleg); it fires with the UpstreamProtocol, ready
-        for the client's StartupMessage.
-        """
-        return open_upstream(
-            self.upstream_endpoint(),
-            self.upstream_factory,
-            self.settings.upstream,
-            self.upstream_tls,
-            self.reactor,
-            startup,
-        )
-
-    def resolve_hostname(self, address: IPAddress) -> defer.Deferred[str | None]:
-        """The client's verified host name, looked up off the reactor thread."""
-        if self._resolve_hostname is not None:
-            return self._resolve_hostname(address)
-        return threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), hba.resolve_client_hostname, address
-        )
-
-    def when_idle(self) -> defer.Deferred[None]:
-        """A Deferred that fires once no client connection is left (at once if none is)."""
-        if not self.connections:
-            return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-    def connection_ended(self, door: FrontDoor) -> None:
-        """Forget a connection that is gone; wake when_idle() waiters if it was the last."""
-        self.connections.discard(door)
-        if not self.connections:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
     def buildProtocol(self, addr: IAddress | None) -> FrontDoor:
         assert addr is not None, "listening ports always give the peer's address"
@@ -369,7 +226,7 @@ class FrontDoor(Protocol):
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         state = self.session.state
         if state is Phase.HANDSHAKE:
-            tls_reason = _ssl_reason(reason)
+            tls_reason = ssl_reason(reason.value)
             self.log.info(
                 "could not accept SSL connection: {reason} (host={host})",
                 reason=tls_reason,
@@ -521,19 +378,7 @@ class FrontDoor(Protocol):
             self._decide(client)
             return
         looking_up = self.factory.resolve_hostname(self.address)
-        looking_up.addCallback(
-            lambda name: self._decide(
-                hba.Client(
-                    address=client.address,
-                    ssl=client.ssl,
-                    database=client.database,
-                    user=client.user,
-                    replication=client.replication,
-                    cert=client.cert,
-                    hostname=name,
-                )
-            )
-        )
+        looking_up.addCallback(lambda name: self._decide(replace(client, hostname=name)))
 
     def _decide(self, client: hba.Client) -> None:
         if self.session.state is not Phase.ADMITTING:
@@ -574,17 +419,9 @@ class FrontDoor(Protocol):
         if factory.metrics is not None:
             factory.metrics.session_admitted(self.session.encryption)
         if factory.settings.log_connections:
-            app = startup.application_name
-            # PostgreSQL's walsenders (replication=true or database) log no database.
-            walsender = startup.walsender is not None
             self.log.info(
                 "{kind}connection authorized: user={user}{in_database}{app}{ssl}",
-                kind="replication " if walsender else "",
-                user=startup.user,
-                database=startup.database,
-                in_database="" if walsender else f" database={startup.database}",
-                app=f" application_name={app}" if app else "",
-                ssl=encryption_words(self.tls_info),
+                **authorized_fields(startup, self.tls_info),
             )
         self._connect_started = factory.reactor.seconds()
         self._connecting = factory.open_upstream(startup.packet)
@@ -754,76 +591,25 @@ class FrontDoor(Protocol):
             self.log.info(
                 "disconnection: session time: {elapsed} user={user} database={database} "
                 "host={host} port={port}",
-                elapsed=_session_time(elapsed),
+                elapsed=session_time(elapsed),
                 user=startup.user,
                 database=startup.database,
                 host=str(self.address),
                 port=self.port,
             )
-        info = self.tls_info
-        # One event per connection, its fields named for log shippers (JSON
-        # logs); the text names the TLS parameters only when TLS was up.
-        fields = {
-            "peer": _peer(self.address, self.port),
-            "host": str(self.address),
-            "port": self.port,
-            "proxy": _peer(*self.proxy) if self.proxy else None,
-            "user": startup.user if startup else None,
-            "database": startup.database if startup else None,
-            "ssl": info is not None,
-            "protocol": info.protocol if info else None,
-            "cipher": info.cipher if info else None,
-            "outcome": ending.outcome,
-            "reason": ending.reason,
-            "detail": ending.detail,
-            "bytes_up": self.bytes_up,
-            "bytes_down": bytes_down,
-            "duration": elapsed,
-            "backend_pid": self.backend_pid,
-        }
-        # str.format writes the text at once; Twisted's formatter would take
-        # its template apart in Python, field by field, for every connection.
-        template = _SUMMARY_SSL if info else _SUMMARY_PLAIN
-        pid = "" if self.backend_pid is None else f" backend_pid={self.backend_pid}"
-        if startup is None:
-            # No StartupMessage: the text shows the names as PostgreSQL's
-            # log_line_prefix shows missing ones (%u, %d); JSON keeps null.
-            summary = template.format(**{**fields, "user": _UNKNOWN, "database": _UNKNOWN}, pid=pid)
-        else:
-            summary = template.format(**fields, pid=pid)
+        summary, fields = session_event(
+            address=self.address,
+            port=self.port,
+            proxy=self.proxy,
+            startup=startup,
+            tls=self.tls_info,
+            ending=ending,
+            bytes_up=self.bytes_up,
+            bytes_down=bytes_down,
+            duration=elapsed,
+            backend_pid=self.backend_pid,
+        )
         self.log.info("session {summary}", summary=summary, **fields)
-
-
-#: What the session line's text shows for a name the client never sent.
-_UNKNOWN = "[unknown]"
-
-_SUMMARY_FIELDS = (
-    "outcome={outcome}{pid} bytes_up={bytes_up} bytes_down={bytes_down} "
-    "duration={duration:.3f}: {detail}"
-)
-_SUMMARY_SSL = (
-    "host={host} port={port} user={user} database={database} "
-    "ssl=on protocol={protocol} cipher={cipher} " + _SUMMARY_FIELDS
-)
-_SUMMARY_PLAIN = (
-    "host={host} port={port} user={user} database={database} ssl=off " + _SUMMARY_FIELDS
-)
-
-
-def _peer(address: IPAddress, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets."""
-    if address.version == 6:
-        return f"[{address}]:{port}"
-    return f"{address}:{port}"
-
-
-def _session_time(seconds: float) -> str:
-    """PostgreSQL's ``H:MM:SS.mmm`` session time."""
-    millis = int(seconds * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours}:{minutes:02d}:{secs:02d}.{millis:03d}"
 
 
 def _close_socket(transport: Any) -> None:
@@ -841,19 +627,3 @@ def _close_socket(transport: Any) -> None:
         # startTLS() gave the TLS layer a bypass to the TCP connection.
         transport = transport.protocol.transport
     transport.loseConnection()
-
-
-def _ssl_reason(reason: Failure) -> str:
-    """OpenSSL's reason text, as PostgreSQL logs it; EOF when the client left."""
-    from OpenSSL import SSL
-
-    value = reason.value
-    if isinstance(value, NoApplicationProtocol):
-        return value.reason
-    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
-        for entry in value.args[0]:
-            if len(entry) >= 3 and entry[2]:
-                return str(entry[2])
-    if reason.check(SSL.Error):
-        return str(value)
-    return "EOF detected"

@@ -11,7 +11,7 @@ formatted line, and ``level``, the level's name, so that a shipper needs no
 Twisted to show it.
 
 Every connection ends with one ``session`` event at level info, the access
-log (see pgtls.relay.frontdoor), with the fields peer, host, port, proxy (the
+log (see pgtls.relay.sessionlog), with the fields peer, host, port, proxy (the
 load balancer's address, see pgtls.relay.proxyheader), user, database, ssl,
 protocol, cipher, outcome, reason, detail, bytes_up, bytes_down, duration,
 backend_pid (the upstream backend's process ID, or None) and summary: the

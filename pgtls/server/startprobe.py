@@ -2,9 +2,9 @@
 The channel-binding check at start: one upstream leg, opened and closed.
 
 When the upstream leg may use TLS, pgtls opens one leg as a session would
-(:meth:`~pgtls.relay.frontdoor.FrontDoorFactory.open_upstream`: the same endpoint
+(:meth:`~pgtls.relay.listener.Listener.open_upstream`: the same endpoint
 and negotiation), hands the certificate the upstream presents to
-:meth:`~pgtls.relay.frontdoor.FrontDoorFactory.upstream_certificate_seen`, which
+:meth:`~pgtls.relay.listener.Listener.upstream_certificate_seen`, which
 logs whether SCRAM channel binding can pass, and closes the leg with a TLS
 close_notify before any StartupMessage: PostgreSQL logs nothing for a
 connection that sends no startup packet (ProcessStartupPacket stays quiet

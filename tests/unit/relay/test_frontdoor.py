@@ -28,6 +28,7 @@ from doors import (
     fatal,
     make_door,
     relayed_session,
+    summary_of,
     texts,
     tls_session,
 )
@@ -931,6 +932,25 @@ def test_summary_of_a_refused_session_says_why(tmp_path: Path, pki: Pki) -> None
     (summary,) = [e for e in events if e["log_format"].startswith("session ")]
     assert summary["outcome"] == "refused"
     assert summary["detail"] == "sorry, too many clients already"
+
+
+def test_log_namespaces_are_the_ones_operators_filter_on(door: Door, pki: Pki) -> None:
+    """
+    A connection's lines are in the namespace pgtls.relay.frontdoor.FrontDoor,
+    the channel binding verdict in pgtls.relay.frontdoor.FrontDoorFactory,
+    wherever their code lives: log filters and the integration tests name them.
+    """
+    with capturedLogs() as events:
+        conn, upstream = relayed_session(door)
+        upstream.lost()
+        conn.lost()
+        door.factory.upstream_certificate_seen(pki.server.cert)
+    summary = summary_of(events)
+    assert summary["log_namespace"] == "pgtls.relay.frontdoor.FrontDoor"
+    assert summary["log_source"] is conn.protocol
+    (binding,) = [e for e in events if e["log_format"].startswith("channel binding: ")]
+    assert binding["log_namespace"] == "pgtls.relay.frontdoor.FrontDoorFactory"
+    assert binding["log_source"] is door.factory
 
 
 def test_handshake_failure_is_logged_with_openssl_reason(door: Door) -> None:

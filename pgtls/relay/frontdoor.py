@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pgtls.core import backendstart, hba, wire
+from pgtls.core.hba.decisions import IPAddress
 from pgtls.core.session import (
     Action,
     Admit,
@@ -81,7 +82,6 @@ from pgtls.tls.serverctx import TLSInfo
 
 __all__ = ["FrontDoor", "FrontDoorFactory"]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # The session's events without fields: made once, not per connection.
 _UPSTREAM_CONNECTED = UpstreamConnected()

@@ -18,6 +18,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from pgtls.core.hba.decisions import IPAddress
 from pgtls.core.wire import NEED_DATA, NeedData
 from pgtls.relay import _haproxy
 
@@ -29,7 +30,6 @@ __all__ = [
     "ProxyHeaderReader",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: The longest version 1 header the specification allows, CRLF included.
 MAX_V1_HEADER = 107

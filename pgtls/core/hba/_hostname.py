@@ -12,9 +12,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-__all__ = ["resolve_client_hostname"]
+from pgtls.core.hba.decisions import IPAddress
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+__all__ = ["resolve_client_hostname"]
 
 
 def resolve_client_hostname(address: IPAddress) -> str | None:

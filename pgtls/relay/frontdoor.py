@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pgtls.core import backendstart, hba, wire
-from pgtls.core.hba.decisions import IPAddress
+from pgtls.core.hba.decisions import IPAddress, unmapped
 from pgtls.core.session import (
     Action,
     Admit,
@@ -102,10 +102,7 @@ def client_address(address: IAddress) -> tuple[IPAddress, int]:
     of a dual-stack listener) is reported as the IPv4 address it is.
     """
     host = str(getattr(address, "host", "0.0.0.0")).split("%", 1)[0]
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip, int(getattr(address, "port", 0))
+    return unmapped(ipaddress.ip_address(host)), int(getattr(address, "port", 0))
 
 
 if TYPE_CHECKING:

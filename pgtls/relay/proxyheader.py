@@ -18,7 +18,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from pgtls.core.hba.decisions import IPAddress
+from pgtls.core.hba.decisions import IPAddress, unmapped
 from pgtls.core.wire import NEED_DATA, NeedData
 from pgtls.relay import _haproxy
 
@@ -160,10 +160,7 @@ def _source(info: _haproxy.ProxyInfo) -> tuple[IPAddress, int] | None:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise InvalidProxyHeader(f'invalid address "{host}" in PROXY protocol header') from None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        # As for a client of a dual-stack listener (pgtls.relay.frontdoor.client_address).
-        return address.ipv4_mapped, int(getattr(source, "port", 0))
-    return address, int(getattr(source, "port", 0))
+    return unmapped(address), int(getattr(source, "port", 0))
 
 
 def _canonical_v1(line: bytes) -> bool:

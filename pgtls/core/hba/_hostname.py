@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from pgtls.core.hba.decisions import IPAddress
+from pgtls.core.hba.decisions import IPAddress, unmapped
 
 __all__ = ["resolve_client_hostname"]
 
@@ -30,8 +30,7 @@ def resolve_client_hostname(address: IPAddress) -> str | None:
         or the forward look-up does not include the address (PostgreSQL's
         "forward lookup does not match").
     """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = unmapped(address)
     name = _reverse(address)
     if name is None:
         return None

@@ -18,10 +18,22 @@ __all__ = [
     "Interface",
     "Refusal",
     "RefusalKind",
+    "unmapped",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def unmapped(address: IPAddress) -> IPAddress:
+    """
+    The client's address as pg_hba.conf sees it: an IPv4-mapped IPv6 address
+    (a client of a dual-stack listener, or one a PROXY header names so) is
+    the IPv4 address it maps.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 @dataclass(frozen=True, slots=True)

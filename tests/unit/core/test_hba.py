@@ -29,6 +29,7 @@ from pgtls.core.hba import (
     Rules,
     load_rules,
 )
+from pgtls.core.hba.decisions import unmapped
 from pgtls.server import _ifaddrs
 
 ALICE = ClientCert(cn="alice", dn="CN=alice,O=Test")
@@ -1291,3 +1292,10 @@ def test_rules_path_names_are_normalised(tmp_path: Path) -> None:
         client_ca_loaded=True,
     )
     assert admitted(rules.match(client())).file == os.path.join(str(tmp_path), "a", "b.conf")
+
+
+def test_an_ipv4_mapped_address_is_the_ipv4_address_it_maps() -> None:
+    """unmapped(): ::ffff:a.b.c.d is a.b.c.d; any other address is itself."""
+    assert unmapped(ipaddress.ip_address("::ffff:192.0.2.7")) == ipaddress.ip_address("192.0.2.7")
+    for other in ("192.0.2.7", "2001:db8::7", "::1"):
+        assert unmapped(ipaddress.ip_address(other)) == ipaddress.ip_address(other)

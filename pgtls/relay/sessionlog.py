@@ -16,6 +16,7 @@ from OpenSSL import SSL
 from pgtls.core.hba.decisions import IPAddress
 from pgtls.core.session import Ending
 from pgtls.core.wire import StartupMessage
+from pgtls.tls.errors import first_openssl_reason
 from pgtls.tls.serverctx import NoApplicationProtocol, TLSInfo
 
 __all__ = [
@@ -98,12 +99,8 @@ def ssl_reason(error: BaseException | None) -> str:
     """
     if isinstance(error, NoApplicationProtocol):
         return error.reason
-    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
-        for entry in error.args[0]:
-            if len(entry) >= 3 and entry[2]:
-                return str(entry[2])
     if isinstance(error, SSL.Error):
-        return str(error)
+        return first_openssl_reason(error) or str(error)
     return "EOF detected"
 
 

@@ -64,21 +64,21 @@ def _tls_lines(config: ServerConfig) -> list[str]:
     settings = config.settings
     if config.tls is None:
         return ["ssl: off (SSLRequest is answered N; direct SSL is refused)"]
-    with open(settings.ssl_cert_file, "rb") as f:
-        cert = x509.load_pem_x509_certificate(f.read())
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = ", ".join(str(getattr(name, "value", name)) for name in names)
-    except x509.ExtensionNotFound:
-        sans = "(none)"
-    lines = [
-        "ssl: on",
-        f"  certificate: {settings.ssl_cert_file}",
-        f"    subject: {cert.subject.rfc4514_string()}",
-        f"    names: {sans}",
-        f"    valid until: {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
-        f"  key: {settings.ssl_key_file} (loaded, matches the certificate)",
-    ]
+    lines = ["ssl: on", f"  certificate: {settings.ssl_cert_file}"]
+    # The certificate the server loaded; None if only OpenSSL's reader took it.
+    cert = config.tls.certificate
+    if cert is not None:
+        try:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            sans = ", ".join(str(getattr(name, "value", name)) for name in names)
+        except x509.ExtensionNotFound:
+            sans = "(none)"
+        lines += [
+            f"    subject: {cert.subject.rfc4514_string()}",
+            f"    names: {sans}",
+            f"    valid until: {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+        ]
+    lines.append(f"  key: {settings.ssl_key_file} (loaded, matches the certificate)")
     if config.tls.verify_clients:
         need = "required" if config.tls.require_client_cert else "optional (pg_hba.conf decides)"
         lines.append(

@@ -138,7 +138,9 @@ class FrontDoor(Protocol):
     def __init__(self, factory: FrontDoorFactory, addr: IAddress) -> None:
         self.factory = factory
         self.address, self.port = client_address(addr)
-        self.session = Session(factory)
+        # A load balancer's connection starts with a PROXY protocol header.
+        networks = factory.settings.proxy_protocol_networks
+        self.session = Session(factory, proxy=any(self.address in net for net in networks))
         # The load balancer's address and port, when the client's come from
         # its PROXY protocol header.
         self.proxy: tuple[IPAddress, int] | None = None
@@ -180,13 +182,11 @@ class FrontDoor(Protocol):
         # Its events need no legacy log context: this protocol's lines name
         # their own namespace and host (see pgtls.relay.reactor).
         dispatch_directly(self.transport)
-        settings = self.factory.settings
         self._timer = self.factory.reactor.callLater(
-            settings.authentication_timeout, self._authentication_timed_out
+            self.factory.settings.authentication_timeout, self._authentication_timed_out
         )
-        if any(self.address in network for network in settings.proxy_protocol_networks):
+        if self.session.state is Phase.PROXY:
             # The client's address is in the header: log it once it is read.
-            self.session = Session(self.factory, proxy=True)
             self._proxy_reader = ProxyHeaderReader()
             return
         self._connection_received()

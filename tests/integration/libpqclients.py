@@ -10,12 +10,8 @@ import os
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import psycopg
-
-if TYPE_CHECKING:
-    pass
 
 #: libpq's connect_timeout (seconds) for every client; PGCONNECT_TIMEOUT for psql.
 CONNECT_TIMEOUT = 10

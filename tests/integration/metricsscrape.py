@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING
 
 from pgtlsproc import PgtlsServer
 from prometheus_client.parser import text_string_to_metric_families
-
-if TYPE_CHECKING:
-    pass
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
